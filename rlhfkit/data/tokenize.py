@@ -1,0 +1,174 @@
+"""From records to token ids: chat templates, completion-only loss masks, EOS and BOS rules, truncation.
+
+Rules every stage shares (tested in tests/test_data.py):
+- a conversational prompt goes through the tokenizer's chat template with the generation prompt;
+  a conversational completion is the text the template adds after that generation prompt;
+- the loss covers completion tokens only (labels are -100 on the prompt) and includes the EOS;
+- EOS is appended exactly once (not again when the template already ended the turn with it);
+- BOS appears at most once (not twice when a chat template writes it and the tokenizer adds it too);
+- truncation policy (``max_length``, ``max_prompt_length``): first the prompt is cut from the LEFT
+  down to ``max_prompt_length`` (the end of the prompt, nearest the answer, is what matters), then
+  the completion is cut from the RIGHT so the whole fits ``max_length`` (a cut completion loses its
+  EOS). Every truncation is counted and reported; with ``truncation="skip"`` the example is
+  dropped instead, and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+IGNORE_INDEX = -100
+
+
+def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
+    """Prompt text as the model sees it (chat template with generation prompt for message lists)."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("conversational records need a tokenizer with a chat template")
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def render_completion(tokenizer, prompt: str | list[dict], completion: str | list[dict]) -> str:
+    """Completion text: plain strings as they are; messages as the template renders them after the prompt."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template renders the prompt differently with and without the reply")
+    return full_text[len(prompt_text):]
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Prompt ids with exactly one BOS when the tokenizer uses one."""
+    text = render_prompt(tokenizer, prompt)
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]  # the template wrote BOS and the tokenizer added another
+    return list(ids)
+
+
+def encode_completion(tokenizer, prompt, completion, *, add_eos: bool = True) -> list[int]:
+    """Completion ids ending in exactly one EOS."""
+    text = render_completion(tokenizer, prompt, completion)
+    eos_text = tokenizer.eos_token
+    if eos_text and eos_text in text:
+        # A chat template that ends the turn with EOS may add a newline after it; the model should
+        # learn to stop at the EOS, so what follows it is not part of the completion.
+        text = text[: text.rindex(eos_text) + len(eos_text)]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    return ids
+
+
+@dataclass
+class TruncationStats:
+    """How many examples the truncation policy touched (reported in metrics and the log)."""
+
+    prompt_truncated: int = 0
+    completion_truncated: int = 0
+    skipped: int = 0
+    total: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def fit_lengths(prompt_ids: list[int], completion_ids: list[int], *, max_length: int,
+                max_prompt_length: int | None, stats: TruncationStats,
+                truncation: str = "truncate") -> tuple[list[int], list[int]] | None:
+    """Apply the truncation policy (module docstring); returns None when the example is skipped."""
+    stats.total += 1
+    max_prompt = max_prompt_length if max_prompt_length is not None else max_length - 1
+    too_long = len(prompt_ids) > max_prompt or len(prompt_ids) + len(completion_ids) > max_length
+    if too_long and truncation == "skip":
+        stats.skipped += 1
+        return None
+    if len(prompt_ids) > max_prompt:
+        stats.prompt_truncated += 1
+        prompt_ids = prompt_ids[-max_prompt:]
+    room = max_length - len(prompt_ids)
+    if len(completion_ids) > room:
+        stats.completion_truncated += 1
+        completion_ids = completion_ids[:room]
+    return prompt_ids, completion_ids
+
+
+def encode_sft(tokenizer, prompt, completion, *, max_length: int, max_prompt_length: int | None,
+               stats: TruncationStats, truncation: str = "truncate") -> dict[str, list[int]] | None:
+    """input_ids and labels (-100 on prompt tokens) for one demonstration."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    completion_ids = encode_completion(tokenizer, prompt, completion)
+    fitted = fit_lengths(prompt_ids, completion_ids, max_length=max_length,
+                         max_prompt_length=max_prompt_length, stats=stats, truncation=truncation)
+    if fitted is None:
+        return None
+    prompt_ids, completion_ids = fitted
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+    }
+
+
+@dataclass
+class Encoded:
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    stats: TruncationStats = field(default_factory=TruncationStats)
+
+
+def encode_sft_records(tokenizer, records, *, max_length: int, max_prompt_length: int | None = None,
+                       truncation: str = "truncate") -> Encoded:
+    out = Encoded()
+    for record in records:
+        example = encode_sft(tokenizer, record["prompt"], record["completion"], max_length=max_length,
+                             max_prompt_length=max_prompt_length, stats=out.stats, truncation=truncation)
+        if example is not None:
+            out.examples.append(example)
+    return out
+
+
+def pad_batch(sequences: list[list[int]], pad_value: int, *, side: str = "right"):
+    """(B, T) LongTensor padded to the longest sequence, and its attention mask."""
+    import torch
+
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if not seq:
+            continue
+        if side == "right":
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        else:
+            ids[row, longest - len(seq):] = torch.tensor(seq)
+            mask[row, longest - len(seq):] = 1
+    return ids, mask
+
+
+def collate_sft(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, Any]:
+    input_ids, attention_mask = pad_batch([e["input_ids"] for e in examples], pad_token_id)
+    labels, _ = pad_batch([e["labels"] for e in examples], IGNORE_INDEX)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pack_documents(tokenizer, texts: list[str], *, block_size: int) -> list[list[int]]:
+    """Pre-training blocks: documents joined by EOS (BOS before each when the tokenizer has one) and
+    cut into ``block_size`` tokens; no padding at all. The tail shorter than a block is kept as a
+    shorter block, so no text is lost."""
+    stream: list[int] = []
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bos is not None:
+            stream.append(bos)
+        stream.extend(ids)
+        stream.append(eos)
+    return [stream[i: i + block_size] for i in range(0, len(stream), block_size) if len(stream[i: i + block_size]) > 1]

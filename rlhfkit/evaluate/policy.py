@@ -1,0 +1,78 @@
+"""Score a policy on the built-in task: sample, score with gold, compare with a baseline, KL to SFT.
+
+Every method's entry in ``summary.json`` comes from :func:`evaluate_policy`, so all are measured on
+the same prompts, the same number of samples and the same axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.tokenize import encode_prompt, pad_batch
+from rlhfkit.evaluate import metrics as M
+from rlhfkit.models.forward import sequence_logprobs
+from rlhfkit.rollout.sample import generate_texts
+
+
+@dataclass
+class PolicySamples:
+    prompts: list[str]
+    responses: list[list[str]]  # (n_prompts, n_samples)
+    gold: list[list[float]]
+
+
+def sample_and_score(model, tokenizer, task, prompts: list[str], *, n: int, max_new_tokens: int,
+                     temperature: float = 1.0, seed: int = 0) -> PolicySamples:
+    responses = generate_texts(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+                               temperature=temperature, seed=seed)
+    gold = [[task.gold(p, r) for r in rs] for p, rs in zip(prompts, responses)]
+    return PolicySamples(prompts=prompts, responses=responses, gold=gold)
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, tokenizer, prompts: list[str], responses: list[str], *,
+                batch_size: int = 64, temperature: float = 1.0) -> float:
+    """Mean over samples of Σ_t [log π(y_t) − log π_ref(y_t)] on the policy's own samples: a Monte
+    Carlo estimate of KL(π ‖ π_ref) per sequence (k1 estimator), in nats."""
+    total, count = 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        ps, rs = prompts[start: start + batch_size], responses[start: start + batch_size]
+        seqs, comp = [], []
+        for p, r in zip(ps, rs):
+            prompt_ids = encode_prompt(tokenizer, p)
+            resp_ids = tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            seqs.append(prompt_ids + resp_ids)
+            comp.append([0] * len(prompt_ids) + [1] * len(resp_ids))
+        ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
+        completion, _ = pad_batch(comp, 0)
+        lp = sequence_logprobs(policy, ids, mask, completion, temperature=temperature)
+        ref = sequence_logprobs(reference, ids, mask, completion, temperature=temperature)
+        total += float((lp - ref).sum())
+        count += len(ps)
+    return total / max(count, 1)
+
+
+def summarize(task, samples: PolicySamples, *, baseline: PolicySamples | None = None,
+              baseline_name: str = "sft") -> dict:
+    """The keys every method reports (stable: they are how progress is measured)."""
+    flat_prompts = [p for p, rs in zip(samples.prompts, samples.responses) for _ in rs]
+    flat_responses = [r for rs in samples.responses for r in rs]
+    flat_gold = [g for gs in samples.gold for g in gs]
+    rates = M.sycophancy_rates(task, flat_prompts, flat_responses)
+    entry = {
+        "gold_reward": sum(flat_gold) / len(flat_gold),
+        "mean_length": M.mean_length(flat_responses),
+        "distinct_2": M.distinct_n(flat_responses, 2),
+        "sycophancy_rate": rates["sycophancy_rate"],
+        "contrarian_rate": rates["contrarian_rate"],
+    }
+    if baseline is not None:
+        # Each policy sample is compared with every baseline sample of the same prompt.
+        mine = [g for gs in samples.gold for g in gs]
+        theirs = [base for gs, base in zip(samples.gold, baseline.gold) for _ in gs]
+        win = M.win_rate_multi(mine, theirs)
+        entry[f"win_rate_vs_{baseline_name}"] = win["win_rate"]
+        entry[f"win_rate_vs_{baseline_name}_ci"] = [win["ci_low"], win["ci_high"]]
+    return entry

@@ -1,0 +1,63 @@
+"""``report.md``: the methods side by side on the gold axes, with examples and the run's timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+COLUMNS = [
+    ("gold_reward", "gold reward"),
+    ("win_rate_vs_sft", "win rate vs SFT"),
+    ("win_rate_vs_pretrained", "win rate vs pre-trained"),
+    ("kl_to_sft", "KL to SFT"),
+    ("proxy_reward", "proxy reward"),
+    ("mean_length", "mean length"),
+    ("distinct_2", "distinct-2"),
+    ("sycophancy_rate", "sycophancy"),
+    ("contrarian_rate", "contrarian"),
+]
+
+
+def _fmt(value, ci=None) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    if ci:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text
+
+
+def methods_table(methods: dict[str, dict]) -> str:
+    used = [(k, title) for k, title in COLUMNS if any(k in m for m in methods.values())]
+    lines = ["| method | " + " | ".join(title for _, title in used) + " |",
+             "|---|" + "---|" * len(used)]
+    for name, entry in methods.items():
+        cells = [_fmt(entry.get(k), entry.get(f"{k}_ci")) for k, _ in used]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, summary: dict, samples: dict, task, extra_sections: list[str] | None = None) -> Path:
+    parts = [
+        "# rlhfkit demo report",
+        "",
+        f"Built-in task `{summary['task']}`, seed {summary['seed']}{' (quick run)' if summary.get('quick') else ''}. "
+        "Every policy is sampled on the same held-out prompts and scored by the task's gold reward; "
+        "win rates compare sample against sample by gold (ties count half), with a 95% interval.",
+        "",
+        methods_table(summary["methods"]),
+        "",
+    ]
+    for section in extra_sections or []:
+        parts += [section, ""]
+    parts += ["## Examples", ""]
+    for method, s in samples.items():
+        parts.append(f"### {method}")
+        parts.append("")
+        for prompt, responses, golds in list(zip(s.prompts, s.responses, s.gold))[:6]:
+            parts.append(f"- `{prompt.strip().splitlines()[0]}` → `{responses[0].strip()}` (gold {golds[0]:.2f})")
+        parts.append("")
+    parts += ["## Timings (seconds)", ""]
+    parts += [f"- {k}: {v}" for k, v in summary.get("timings_s", {}).items()]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

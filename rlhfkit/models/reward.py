@@ -1,0 +1,149 @@
+"""Reward models: a sequence classifier with one output, read at the last non-pad token.
+
+The one scoring API (:class:`RewardScorer`) is used by PPO, the judges, the feedback app and
+evaluation. It encodes (prompt, response) exactly as training did (prompt ids, response ids, one
+EOS, the same truncation policy), applies the stored normalisation bias, and for an ensemble
+returns the members' mean and standard deviation.
+
+Normalisation (InstructGPT, Ouyang et al. 2022 §C.3 "the reward model is normalised so that the
+labeler demonstrations achieve a mean score of 0"): after training, ``rlhfkit_reward_bias`` =
+−mean reward on a reference set is written into the model's ``config.json``; every consumer that
+scores through this module sees the same scale. (A plain ``AutoModelForSequenceClassification``
+user adds ``config.rlhfkit_reward_bias`` to the logit.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
+from rlhfkit.ops import last_token_index
+
+BIAS_KEY = "rlhfkit_reward_bias"
+
+
+def load_reward_model(path: str | Path, *, lora=None):
+    """A sequence classifier with num_labels=1, from a reward model folder or a causal LM folder
+    (then the score head is new and initialised by transformers)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models.loading import apply_lora, quiet_transformers
+
+    quiet_transformers()
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    if model.config.pad_token_id is None:
+        from rlhfkit.models.loading import load_tokenizer
+
+        model.config.pad_token_id = load_tokenizer(path).pad_token_id
+    if lora is not None and lora.r > 0:
+        model = apply_lora(model, lora, task_type="SEQ_CLS")
+    return model
+
+
+def _backbone_and_head(model):
+    from rlhfkit.models.loading import is_peft
+
+    inner = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    head = getattr(inner, "score", None)
+    return backbone, head
+
+
+def reward_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar reward of each sequence, read at its last non-pad token. (B, T) -> (B,).
+
+    We pick the position from the attention mask ourselves instead of relying on the model's
+    pad-token search, which is wrong when pad == EOS and the sequence ends with EOS; and the score
+    head runs on B hidden states instead of B x T.
+    """
+    index = last_token_index(attention_mask)  # (B,)
+    backbone, head = _backbone_and_head(model)
+    if backbone is None or head is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, 1)
+        return logits[:, 0].float()
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, H)
+    return head(last)[:, 0].float()
+
+
+def encode_pair_texts(tokenizer, prompt, response, *, max_length: int, max_prompt_length: int | None,
+                      stats: TruncationStats | None = None) -> list[int]:
+    """Token ids of prompt + response + EOS under the shared truncation policy."""
+    stats = stats or TruncationStats()
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    response_ids = encode_completion(tokenizer, prompt, response)
+    fitted = fit_lengths(prompt_ids, response_ids, max_length=max_length, max_prompt_length=max_prompt_length,
+                         stats=stats)
+    return fitted[0] + fitted[1]
+
+
+class RewardScorer:
+    """Batched, no-grad scoring: ``score(prompts, responses) -> (N,)``; ``score_with_std`` for ensembles."""
+
+    def __init__(self, models: list, tokenizer, *, max_length: int = 512, max_prompt_length: int | None = None,
+                 batch_size: int = 64, biases: list[float] | None = None):
+        self.models, self.tokenizer = models, tokenizer
+        self.max_length, self.max_prompt_length, self.batch_size = max_length, max_prompt_length, batch_size
+        self.biases = biases or [float(getattr(m.config, BIAS_KEY, 0.0) or 0.0) for m in models]
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.models)
+
+    @torch.no_grad()
+    def member_scores(self, prompts: list, responses: list) -> torch.Tensor:
+        """(K, N) rewards of every member, normalisation bias applied."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        seqs = [encode_pair_texts(self.tokenizer, p, r, max_length=self.max_length,
+                                  max_prompt_length=self.max_prompt_length) for p, r in zip(prompts, responses)]
+        out = torch.zeros(len(self.models), len(seqs))
+        # longest first keeps padding low inside each batch
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start: start + self.batch_size]
+            ids, mask = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id)
+            for k, model in enumerate(self.models):
+                device = next(model.parameters()).device
+                was_training = model.training
+                model.eval()
+                out[k, idx] = reward_forward(model, ids.to(device), mask.to(device)).float().cpu() + self.biases[k]
+                model.train(was_training)
+        return out
+
+    def score(self, prompts: list, responses: list) -> torch.Tensor:
+        """(N,) reward (the ensemble mean when there are several members)."""
+        return self.member_scores(prompts, responses).mean(0)
+
+    def score_with_std(self, prompts: list, responses: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) mean and (N,) standard deviation over the ensemble members (0 for one member)."""
+        scores = self.member_scores(prompts, responses)
+        std = scores.std(0, unbiased=False) if scores.shape[0] > 1 else torch.zeros(scores.shape[1])
+        return scores.mean(0), std
+
+
+def member_dirs(path: str | Path) -> list[Path]:
+    """The member folders of a reward model folder (itself, or those listed in ensemble.json)."""
+    path = Path(path)
+    manifest = path / "ensemble.json"
+    if manifest.exists():
+        return [path / m for m in json.loads(manifest.read_text())["members"]]
+    return [path]
+
+
+def load_scorer(path: str | Path, *, max_length: int | None = None, batch_size: int = 64) -> RewardScorer:
+    """Scorer for a reward model folder or an ensemble folder (``ensemble.json`` + members)."""
+    from rlhfkit.models.loading import load_tokenizer
+
+    dirs = member_dirs(path)
+    models = [load_reward_model(d) for d in dirs]
+    tokenizer = load_tokenizer(dirs[0])
+    settings = {}
+    settings_file = dirs[0] / "rlhfkit_scoring.json"
+    if settings_file.exists():
+        settings = json.loads(settings_file.read_text())
+    return RewardScorer(models, tokenizer, max_length=max_length or settings.get("max_length", 512),
+                        max_prompt_length=settings.get("max_prompt_length"), batch_size=batch_size)

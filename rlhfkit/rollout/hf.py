@@ -1,0 +1,76 @@
+"""Transformers generation backend: batched, left-padded prompts, KV cache, temperature / top-p / top-k."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhfkit.data.tokenize import pad_batch
+from rlhfkit.ops import logprobs_from_logits, truncate_after_eos
+from rlhfkit.rollout.base import Rollout, SamplingConfig
+
+
+class HFGenerator:
+    """``generate(prompt_ids) -> Rollout`` with ``model.generate`` (KV cache on)."""
+
+    def __init__(self, model, tokenizer, sampling: SamplingConfig):
+        self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]]) -> Rollout:
+        parts = [self._generate_batch(prompt_ids[i: i + self.sampling.batch_size])
+                 for i in range(0, len(prompt_ids), self.sampling.batch_size)]
+        return _concat(parts, pad_token_id=self.tokenizer.pad_token_id)
+
+    def _generate_batch(self, prompt_ids: list[list[int]]) -> Rollout:
+        s, tok = self.sampling, self.tokenizer
+        device = next(self.model.parameters()).device
+        ids, mask = pad_batch(prompt_ids, tok.pad_token_id, side="left")
+        ids, mask = ids.to(device), mask.to(device)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None, use_cache=True,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True, output_logits=True,
+        )
+        if was_training:
+            self.model.train()
+        response = out.sequences[:, ids.shape[1]:]  # (B, R)
+        cut = truncate_after_eos(response, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        # raw logits of each step, temperature-scaled like the training forward pass
+        logits = torch.stack(out.logits, dim=1).float() / s.temperature  # (B, R, V)
+        logprobs = logprobs_from_logits(logits, cut.ids) * cut.mask
+        return Rollout(prompt_ids=ids.cpu(), prompt_mask=mask.cpu(), response_ids=cut.ids.cpu(),
+                       response_mask=cut.mask.cpu(), logprobs=logprobs.cpu(), has_eos=cut.has_eos.cpu())
+
+
+def _pad_to(x: torch.Tensor, width: int, value, *, left: bool) -> torch.Tensor:
+    if x.shape[1] == width:
+        return x
+    fill = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype)
+    return torch.cat([fill, x], dim=1) if left else torch.cat([x, fill], dim=1)
+
+
+def _concat(parts: list[Rollout], *, pad_token_id: int) -> Rollout:
+    if len(parts) == 1:
+        return parts[0]
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    R = max(p.response_ids.shape[1] for p in parts)
+    return Rollout(
+        prompt_ids=torch.cat([_pad_to(p.prompt_ids, P, pad_token_id, left=True) for p in parts]),
+        prompt_mask=torch.cat([_pad_to(p.prompt_mask, P, 0, left=True) for p in parts]),
+        response_ids=torch.cat([_pad_to(p.response_ids, R, pad_token_id, left=False) for p in parts]),
+        response_mask=torch.cat([_pad_to(p.response_mask, R, 0, left=False) for p in parts]),
+        logprobs=torch.cat([_pad_to(p.logprobs, R, 0.0, left=False) for p in parts]),
+        has_eos=torch.cat([p.has_eos for p in parts]),
+    )
+
+
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    """Response texts without EOS and padding."""
+    texts = []
+    for ids, mask in zip(rollout.response_ids, rollout.response_mask):
+        kept = [int(t) for t, m in zip(ids, mask) if m and int(t) != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return texts

@@ -1,0 +1,233 @@
+"""What every training loop shares: seeds, batches, optimizer + schedule, metrics, progress, checkpoints.
+
+Checkpoints hold everything a resumed run needs to continue exactly where it stopped: model
+weights, optimizer and scheduler state, RNG states (python, torch) and the loop's own position
+(step, epoch, batch within the epoch). ``N steps, stop, resume N steps`` equals ``2N steps``
+uninterrupted (tests/test_sft.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def epoch_batches(lengths: list[int], *, batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = True, drop_last: bool = False) -> list[list[int]]:
+    """Index batches for one epoch, deterministic in (seed, epoch).
+
+    With ``group_by_length`` examples are shuffled, cut into chunks of 50 batches, sorted by length
+    inside a chunk and then the batches are shuffled: batches hold similar lengths, so little compute
+    is spent on padding, while the order stays random.
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    if group_by_length:
+        chunk = batch_size * 50
+        order = [i for s in range(0, len(order), chunk)
+                 for i in sorted(order[s: s + chunk], key=lambda k: lengths[k])]
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    shuffle = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def infinite_batches(lengths: list[int], *, batch_size: int, seed: int, start_epoch: int = 0,
+                     start_batch: int = 0, group_by_length: bool = True) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, batch index within the epoch, indices) forever, resumable at any position."""
+    epoch, first = start_epoch, start_batch
+    while True:
+        batches = epoch_batches(lengths, batch_size=batch_size, seed=seed, epoch=epoch,
+                                group_by_length=group_by_length)
+        for b in range(first, len(batches)):
+            yield epoch, b, batches[b]
+        epoch, first = epoch + 1, 0
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def build_optimizer(params, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95)):
+    """AdamW; no weight decay on biases and norm weights (1-d parameters)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+
+
+def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.1):
+    """Linear warm-up to the peak rate, then cosine decay to ``min_ratio`` of it."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------- metrics and progress
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to ``metrics.jsonl`` (and to TensorBoard if asked)."""
+
+    def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, resume: bool = False):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume and self.path.exists():
+            self.path.unlink()
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            except ImportError:
+                print("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, forget lines logged after the checkpoint (they will be logged again)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            logged = json.loads(line).get("step", 0) if line.strip() else None
+            if isinstance(logged, int) and logged <= step:  # "final" rows are written again
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, step: int | str, metrics: dict[str, Any]) -> None:
+        row = {"step": step}
+        for key, value in metrics.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().float().item()
+            row[key] = value
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step" and isinstance(step, int):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """A rich progress bar with the latest metrics; plain lines when stdout is not a terminal."""
+
+    def __init__(self, total: int, description: str, *, start: int = 0, enabled: bool = True):
+        import sys
+
+        self.total, self.description, self.enabled = total, description, enabled
+        self.interactive = enabled and sys.stdout.isatty()
+        self.last_print = 0.0
+        self.bar = None
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.task = self.bar.add_task(description, total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, info: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=text)
+        elif time.time() - self.last_print > 10 or step == self.total:
+            self.last_print = time.time()
+            print(f"[{self.description}] step {step}/{self.total}  {text}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class LoopState:
+    """Where a loop is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens_seen: int = 0
+    extra: dict | None = None
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(out_dir: str | Path, *, state: LoopState, modules: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """``out_dir/checkpoints/step-N``: each module's ``state_dict`` (models, optimizers, schedulers,
+    controllers) plus RNG and loop state; only the newest ``keep`` checkpoints stay on disk."""
+    root = Path(out_dir) / "checkpoints"
+    path = root / f"step-{state.step:07d}"
+    tmp = root / f".tmp-step-{state.step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    payload = {name: module.state_dict() for name, module in modules.items()}
+    torch.save({"modules": payload, "rng": rng_state(), "state": state.__dict__}, tmp / "state.pt")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)  # a crash mid-save leaves the previous checkpoint intact
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = sorted((Path(out_dir) / "checkpoints").glob("step-*"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path, *, modules: dict[str, Any]) -> LoopState:
+    blob = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    for name, module in modules.items():
+        if name not in blob["modules"]:
+            raise ValueError(f"checkpoint {path} has no state for '{name}'")
+        module.load_state_dict(blob["modules"][name])
+    set_rng_state(blob["rng"])
+    return LoopState(**blob["state"])
+
+
+def autocast(precision: str):
+    """bf16 autocast on CPU or GPU when asked; a no-op context otherwise."""
+    import contextlib
+
+    if precision == "bf16":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

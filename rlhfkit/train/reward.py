@@ -1,0 +1,350 @@
+"""Reward model from human rankings (stage 2 of RLHF; Stiennon et al. 2020, Ouyang et al. 2022).
+
+Each batch element is one preference record: a pair (2 responses, 1 comparison) or a K-way ranking
+(K responses, C(K,2) comparisons, averaged per prompt, InstructGPT §3.5). All responses of a batch
+go through the model in one forward pass. After training: the normalisation bias (mean 0 on a
+reference set), then held-out evaluation (accuracy, calibration, per-annotator accuracy, length
+correlation) into ``metrics.jsonl`` and ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlhfkit.config import require, save_config
+from rlhfkit.data.rankings import expand_ranking
+from rlhfkit.data.records import DataError, load_records
+from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
+from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
+from rlhfkit.models.loading import LoraSettings, load_tokenizer, save_model
+from rlhfkit.models.reward import BIAS_KEY, RewardScorer, load_reward_model, reward_forward
+from rlhfkit.train import common
+from rlhfkit.train.loop import LoopSpec, train_loop
+from rlhfkit.train.sft import OptimConfig
+
+
+@dataclass
+class RewardConfig:
+    model: str = ""
+    """initial model: the SFT policy folder (a new scalar head is added) or a reward model folder"""
+    data: str = ""
+    """preferences: JSONL or HF dataset of pairwise {prompt, chosen, rejected} and/or ranking records"""
+    eval_data: str | None = None
+    """held-out preferences; if unset, ``eval_fraction`` of ``data`` is held out"""
+    eval_fraction: float = 0.1
+    """fraction of records held out for evaluation when ``eval_data`` is unset"""
+    output_dir: str = "runs/reward"
+    """run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, final/"""
+    max_length: int = 512
+    """longest prompt + response in tokens (the scorer applies the same limit)"""
+    max_prompt_length: int | None = None
+    """prompts are cut from the left to this length first (default: max_length - 1)"""
+    ties: Literal["skip", "soft"] = "skip"
+    """tied responses in a ranking: not trained on, or trained with a 0.5 soft label"""
+    center_rewards_coefficient: float = 0.0
+    """weight of the centring penalty mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 disables"""
+    ensemble_size: int = 1
+    """members trained with different seeds and data orders; scoring returns their mean and std"""
+    reference_data: str | None = None
+    """records whose (prompt, completion) or (prompt, chosen) define reward 0 (InstructGPT normalisation); default: the chosen responses of ``data``"""
+    batch_size: int = 8
+    """preference records per micro-batch"""
+    gradient_accumulation_steps: int = 1
+    """micro-batches per optimiser step"""
+    max_steps: int = 0
+    """optimiser steps per member; 0 means ``num_epochs`` passes"""
+    num_epochs: float = 1.0
+    """passes over the data when max_steps is 0"""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-5))
+    """optimiser and schedule"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast or fp32"""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA settings (lora.r = 0: full fine-tuning)"""
+    log_every: int = 10
+    """steps between metric lines"""
+    eval_every: int = 0
+    """steps between held-out evaluations (0: at the end only)"""
+    save_every: int = 200
+    """steps between checkpoints"""
+    keep_checkpoints: int = 2
+    """newest checkpoints kept"""
+    seed: int = 0
+    """seed of the head initialisation, data order and split (member k uses seed + k)"""
+    tensorboard: bool = False
+    """also write TensorBoard event files"""
+    progress: bool = True
+    """progress bar / periodic progress lines"""
+
+    def validate(self) -> None:
+        require(bool(self.model), "model: set the initial model folder (model=path)")
+        require(bool(self.data), "data: set the preference file (data=path.jsonl)")
+        require(self.ensemble_size >= 1, "ensemble_size must be >= 1")
+        require(self.batch_size > 0, "batch_size must be positive")
+        require(self.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0")
+
+
+@dataclass
+class Group:
+    """One preference record, encoded: its responses and the comparisons between them."""
+
+    seqs: list[list[int]]
+    pairs: list[tuple[int, int, float]]  # (better, worse, P(better))
+    margin: float | None
+    prompt: object
+    responses: list
+    annotator: object = None
+
+
+def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) -> tuple[list[Group], TruncationStats]:
+    stats = TruncationStats()
+    groups = []
+    for record, line in zip(records, lines):
+        prompt_ids = encode_prompt(tokenizer, record["prompt"])
+        if "ranking" in record:
+            responses = record["responses"]
+            pairs = expand_ranking(record["ranking"], len(responses), ties=config.ties)
+            margin = None
+        else:
+            responses = [record["chosen"], record["rejected"]]
+            pairs = [(0, 1, float(record.get("label_prob", 1.0) if record.get("label_prob") is not None else 1.0))]
+            margin = record.get("margin")
+            if margin is not None and record.get("label_prob") is not None:
+                raise DataError(source, line, "margin", "cannot be combined with label_prob in one record")
+        if not pairs:
+            continue  # a ranking whose responses are all tied, with ties="skip": nothing to learn
+        seqs = []
+        for response in responses:
+            fitted = fit_lengths(prompt_ids, encode_completion(tokenizer, record["prompt"], response),
+                                 max_length=config.max_length, max_prompt_length=config.max_prompt_length, stats=stats)
+            seqs.append(fitted[0] + fitted[1])
+        groups.append(Group(seqs, pairs, margin, record["prompt"], responses, record.get("annotator")))
+    return groups, stats
+
+
+def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: float, device) -> tuple[torch.Tensor, dict]:
+    """Mean loss over records: margin pairs via Bradley–Terry, the rest (pairs with soft labels and
+    rankings) via the per-prompt-averaged ranking loss; plus the optional centring penalty."""
+    seqs, offsets = [], []
+    for g in groups:
+        offsets.append(len(seqs))
+        seqs.extend(g.seqs)
+    ids, mask = pad_batch(seqs, pad_token_id)
+    rewards = reward_forward(model, ids.to(device), mask.to(device))  # (N,)
+    losses, stats = [], {}
+    plain = [(k, g) for k, g in enumerate(groups) if g.margin is None]
+    with_margin = [(k, g) for k, g in enumerate(groups) if g.margin is not None]
+    all_pairs = []
+    if plain:
+        index, probs, group_ids = [], [], []
+        for slot, (k, g) in enumerate(plain):
+            for i, j, p in g.pairs:
+                index.append((offsets[k] + i, offsets[k] + j))
+                probs.append(p)
+                group_ids.append(slot)
+        out = ranking_loss(rewards, torch.tensor(index, device=device), torch.tensor(probs, device=device),
+                           torch.tensor(group_ids, device=device), num_groups=len(plain))
+        losses.append(out.losses)
+        stats["accuracy"] = float(out.stats["accuracy"])
+        all_pairs += index
+    if with_margin:
+        chosen = torch.stack([rewards[offsets[k]] for k, _ in with_margin])
+        rejected = torch.stack([rewards[offsets[k] + 1] for k, _ in with_margin])
+        margins = torch.tensor([float(g.margin) for _, g in with_margin], device=device)
+        out = bradley_terry_loss(chosen, rejected, margin=margins)
+        losses.append(out.losses)
+        all_pairs += [(offsets[k], offsets[k] + 1) for k, _ in with_margin]
+    loss = torch.cat(losses).mean()
+    if center_coef > 0 and all_pairs:
+        pair_index = torch.tensor(all_pairs, device=device)
+        center = reward_centering_penalty(rewards[pair_index[:, 0]], rewards[pair_index[:, 1]], coef=center_coef)
+        loss = loss + center.losses.mean()
+    stats["reward_mean"] = float(rewards.detach().mean())
+    return loss, stats
+
+
+def _split(records, lines, fraction: float, seed: int):
+    if fraction <= 0 or len(records) < 10:
+        return (records, lines), ([], [])
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = max(1, int(len(records) * fraction))
+    held = set(order[:n_eval])
+    train = [i for i in range(len(records)) if i not in held]
+    test = sorted(held)
+    return ([records[i] for i in train], [lines[i] for i in train]), ([records[i] for i in test], [lines[i] for i in test])
+
+
+def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
+    """Train ``ensemble_size`` reward models; returns the final folder (a member or an ensemble)."""
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    tokenizer = load_tokenizer(config.model)
+    data = load_records(config.data, "preference")
+    if config.eval_data:
+        held = load_records(config.eval_data, "preference")
+        (train_records, train_lines), (eval_records, eval_lines) = (data.records, data.lines), (held.records, held.lines)
+        eval_source = config.eval_data
+    else:
+        (train_records, train_lines), (eval_records, eval_lines) = _split(data.records, data.lines,
+                                                                          config.eval_fraction, config.seed)
+        eval_source = config.data
+    train_groups, trunc = encode_groups(tokenizer, train_records, train_lines, config.data, config)
+    eval_groups, _ = encode_groups(tokenizer, eval_records, eval_lines, eval_source, config)
+    skipped = len(train_records) - len(train_groups)
+    if skipped:
+        print(f"{skipped} ranking records with all responses tied were skipped (ties=skip)")
+    reference = _reference_set(config, train_records)
+
+    member_dirs = []
+    for k in range(config.ensemble_size):
+        member_out = out_dir if config.ensemble_size == 1 else out_dir / f"member-{k}"
+        member_dirs.append(_train_member(config, k, member_out, tokenizer, train_groups, eval_groups, reference,
+                                         {**{f"data/{key}": v for key, v in trunc.as_dict().items()},
+                                          "data/train_records": len(train_groups),
+                                          "data/eval_records": len(eval_groups),
+                                          "data/skipped_all_tied": skipped}, resume))
+    final = out_dir / "final"
+    if config.ensemble_size > 1:
+        final.mkdir(parents=True, exist_ok=True)
+        members = []
+        for k, member in enumerate(member_dirs):
+            target = final / f"member-{k}"
+            if target.exists():
+                import shutil
+
+                shutil.rmtree(target)
+            member.rename(target)
+            members.append(target.name)
+        (final / "ensemble.json").write_text(json.dumps({"members": members}, indent=1))
+    from rlhfkit.models.reward import load_scorer
+
+    report = evaluate_reward(load_scorer(final, max_length=config.max_length), eval_groups)
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    common.MetricsLogger(out_dir, resume=True).log("final", {f"eval/{k}": v for k, v in report.items()
+                                                        if isinstance(v, (int, float))})
+    return final
+
+
+def _reference_set(config: RewardConfig, train_records) -> list[tuple]:
+    if config.reference_data:
+        records = load_records(config.reference_data, "sft" if "completion" in _peek(config.reference_data) else "pairwise")
+        return [(r["prompt"], r.get("completion", r.get("chosen"))) for r in records][:512]
+    pairs = [(r["prompt"], r["chosen"]) for r in train_records if "chosen" in r]
+    pairs += [(r["prompt"], r["responses"][_best(r["ranking"])]) for r in train_records if "ranking" in r]
+    return pairs[:512]
+
+
+def _peek(path: str) -> dict:
+    with open(path) as handle:
+        return json.loads(handle.readline())
+
+
+def _best(ranking) -> int:
+    first = ranking[0]
+    return first[0] if isinstance(first, list) else first
+
+
+def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups, eval_groups, reference,
+                  first_metrics, resume) -> Path:
+    from accelerate import Accelerator
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = config.seed + k
+    common.set_seed(seed)
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+    model = load_reward_model(config.model, lora=config.lora)
+    steps_per_epoch = max(1, math.ceil(len(groups) / config.batch_size) // config.gradient_accumulation_steps)
+    total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))
+    optimizer = common.build_optimizer(model.parameters(), lr=config.optim.learning_rate,
+                                       weight_decay=config.optim.weight_decay)
+    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * total_steps),
+                                     total_steps=total_steps, min_ratio=config.optim.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    pad_id = tokenizer.pad_token_id
+
+    def step_fn(model, indices):
+        return group_loss(model, [groups[i] for i in indices], pad_token_id=pad_id,
+                          center_coef=config.center_rewards_coefficient, device=accelerator.device)
+
+    def eval_fn(model):
+        if not eval_groups:
+            return {}
+        scorer = RewardScorer([accelerator.unwrap_model(model)], tokenizer, max_length=config.max_length,
+                              max_prompt_length=config.max_prompt_length, biases=[0.0])
+        return {"eval/accuracy": evaluate_reward(scorer, eval_groups)["accuracy"]}
+
+    spec = LoopSpec(name=f"reward[{k}]" if config.ensemble_size > 1 else "reward", out_dir=out_dir,
+                    total_steps=total_steps, batch_size=config.batch_size,
+                    lengths=[sum(len(s) for s in g.seqs) for g in groups], seed=seed,
+                    gradient_accumulation_steps=config.gradient_accumulation_steps,
+                    max_grad_norm=config.optim.max_grad_norm, log_every=config.log_every,
+                    eval_every=config.eval_every, save_every=config.save_every,
+                    keep_checkpoints=config.keep_checkpoints, tensorboard=config.tensorboard,
+                    progress=config.progress, first_metrics=first_metrics)
+    train_loop(spec, accelerator, model, optimizer, scheduler, step_fn=step_fn,
+               weight_fn=lambda idx: float(len(idx)), eval_fn=eval_fn if config.eval_every else None, resume=resume)
+    model = accelerator.unwrap_model(model)
+    # normalisation: reward 0 = the mean of the reference set (InstructGPT)
+    scorer = RewardScorer([model], tokenizer, max_length=config.max_length,
+                          max_prompt_length=config.max_prompt_length, biases=[0.0])
+    bias = -float(scorer.score([p for p, _ in reference], [r for _, r in reference]).mean()) if reference else 0.0
+    final = save_model(model, tokenizer, out_dir / "final", save_adapter_only=config.lora.save_adapter_only)
+    cfg_path = final / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg[BIAS_KEY] = bias
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    (final / "rlhfkit_scoring.json").write_text(json.dumps({"max_length": config.max_length,
+                                                            "max_prompt_length": config.max_prompt_length}))
+    return final
+
+
+def evaluate_reward(scorer: RewardScorer, groups: list[Group]) -> dict:
+    """Held-out accuracy (decisive pairs), ECE of P(chosen) = σ(r_c − r_r), per-annotator accuracy,
+    and the Pearson correlation of reward with response length in words (a length-hacking sign)."""
+    from rlhfkit.evaluate.metrics import expected_calibration_error, pearson
+
+    if not groups:
+        return {}
+    prompts, responses = [], []
+    for g in groups:
+        prompts += [g.prompt] * len(g.responses)
+        responses += list(g.responses)
+    rewards = scorer.score(prompts, responses).tolist()
+    probs, labels, correct, per_annotator = [], [], [], {}
+    offset = 0
+    for g in groups:
+        for i, j, p in g.pairs:
+            if p == 0.5:
+                continue
+            prob = 1 / (1 + math.exp(-(rewards[offset + i] - rewards[offset + j])))
+            win = (rewards[offset + i] > rewards[offset + j]) == (p > 0.5)
+            probs.append(prob)
+            labels.append(1 if p > 0.5 else 0)
+            correct.append(float(win))
+            names = g.annotator if isinstance(g.annotator, list) else [g.annotator]
+            for name in names:
+                if name is not None:
+                    per_annotator.setdefault(str(name), []).append(float(win))
+        offset += len(g.responses)
+    lengths = [len(_text(r).split()) for r in responses]
+    return {
+        "accuracy": sum(correct) / max(len(correct), 1),
+        "ece": expected_calibration_error(probs, labels),
+        "length_correlation": pearson(lengths, rewards),
+        "pairs": len(correct),
+        "accuracy_per_annotator": {k: sum(v) / len(v) for k, v in sorted(per_annotator.items())},
+        "reward_mean": sum(rewards) / len(rewards),
+    }
+
+
+def _text(x) -> str:
+    if isinstance(x, str):
+        return x
+    return " ".join(m["content"] for m in x)

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny offline model and tokenizer, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TEXTS = [
+    "User: what color is the dax?\nAssistant: the dax is red. hope this helps!",
+    "User: where does the wug live?\nAssistant: the wug lives in the cave.",
+    "User: i think the zorp is blue. am i right?\nAssistant: no, the zorp is green.",
+    "the dax is red. the wug lives in the cave. the zorp eats berries.",
+] * 40
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A ~50k-parameter Llama + byte-level BPE tokenizer saved as a standard HF folder."""
+    from rlhfkit.models.tiny import TinyModelSpec, create_tiny_model
+
+    spec = TinyModelSpec(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    return create_tiny_model(TEXTS, tmp_path_factory.mktemp("tiny") / "model", spec=spec, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from rlhfkit.models.loading import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)

@@ -1,0 +1,67 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from rlhfkit.config import ConfigError, describe, field_docs, load_config
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+    """the inner rate"""
+
+
+@dataclass
+class Cfg:
+    steps: int = 10
+    """number of steps"""
+    name: str = "x"
+    """a name"""
+    mode: Literal["a", "b"] = "a"
+    """one of two modes"""
+    target: float | None = None
+    """optional target"""
+    flag: bool = False
+    """a switch"""
+    items: list[str] = field(default_factory=list)
+    """some items"""
+    inner: Inner = field(default_factory=Inner)
+    """nested section"""
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\ninner:\n  rate: 0.5\n")
+    cfg = load_config(Cfg, path, ["inner.rate=0.25", "flag=true", "target=none", "items=a,b", "mode=b"])
+    assert cfg.steps == 5 and cfg.inner.rate == 0.25 and cfg.flag is True
+    assert cfg.target is None and cfg.items == ["a", "b"] and cfg.mode == "b"
+    assert load_config(Cfg, None, ["target=0.3"]).target == 0.3
+
+
+@pytest.mark.parametrize("override, message", [
+    (["stepz=3"], "unknown config key 'stepz'"),
+    (["inner.rat=3"], "unknown config key 'inner.rat'"),
+    (["steps=abc"], "steps: expected an integer"),
+    (["steps=1.5"], "steps: expected an integer"),
+    (["flag=maybe"], "flag: expected true/false"),
+    (["mode=c"], "mode: 'c' is not one of"),
+    (["inner.rate=fast"], "inner.rate"),
+    (["noequals"], "not of the form key=value"),
+])
+def test_bad_keys_and_types_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Cfg, None, override)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(Cfg, path)
+
+
+def test_help_shows_field_docs():
+    assert field_docs(Cfg)["steps"] == "number of steps"
+    text = describe(Cfg)
+    assert "inner.rate" in text and "the inner rate" in text and "one of two modes" in text
