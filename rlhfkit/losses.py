@@ -134,10 +134,14 @@ def ranking_loss(
       pairs_index  (P, 2) long  — (i, j) indices into ``rewards``; i is the preferred one w.p. p
       pair_probs   (P,)   float — p = P(i ≻ j)
       group_ids    (P,)   long  — prompt of each pair, in [0, num_groups)
-      → losses (num_groups,). A prompt with no pair (all tied, ties skipped) has loss 0.
+      → losses (num_groups,). A prompt with no pair (all tied, ties skipped) has loss 0; an
+      empty batch of pairs (P = 0, any empty tensors) gives zeros.
     stats: accuracy (over pairs with p ≠ 0.5: the higher reward goes to the preferred one),
     num_pairs.
     """
+    if pairs_index.numel() == 0:  # no pair at all (e.g. every ranking fully tied, ties skipped)
+        pairs_index = pairs_index.reshape(0, 2)
+    pairs_index, group_ids = pairs_index.long(), group_ids.long()
     if pairs_index.dim() != 2 or pairs_index.shape[1] != 2:
         raise ValueError(f"pairs_index must have shape (P, 2), got {tuple(pairs_index.shape)}")
     num_pairs = pairs_index.shape[0]

@@ -191,16 +191,17 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float, lam: flo
     result is not whitened (see :func:`masked_whiten`). No gradient flows (values are detached).
     """
     m = mask.to(values.dtype)
+    # r = V = 0 on padding: after the last real token δ = 0, so A = 0 there and nothing is
+    # carried back into the sequence, and the last real token bootstraps from V = 0
     values = values.detach() * m
     rewards = rewards.detach() * m
     T = rewards.shape[1]
     advantages = torch.zeros_like(values)
     last = torch.zeros_like(values[:, 0])  # A_{t+1}
     for t in reversed(range(T)):
-        next_mask = m[:, t + 1] if t + 1 < T else torch.zeros_like(last)
-        next_value = values[:, t + 1] * next_mask if t + 1 < T else torch.zeros_like(last)
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = delta + gamma * lam * next_mask * last
+        last = delta + gamma * lam * last
         advantages[:, t] = last
     advantages = advantages * m
     returns = (advantages + values) * m

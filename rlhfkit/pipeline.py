@@ -1,25 +1,33 @@
 """``rlhfkit demo``: the whole pipeline on the built-in task, into one run folder.
 
-Stages (each cached: a stage whose ``final/`` folder exists is not run again):
+Stages (each cached: a stage whose ``final/`` folder or output file exists is not run again):
 
 1. the task: world, pre-training corpus, demonstrations, prompts (``task.json``, ``data/``)
 2. a tiny tokenizer + Llama initialised from scratch (``init/``)
 3. pre-training on the corpus (``pretrain/``)
 4. SFT on the demonstrations (``sft/``)
-5. evaluation of every policy on held-out prompts, scored by the gold reward
-6. ``summary.json`` (one entry per method, stable keys) and ``report.md``
+5. the simulated annotator panel labels pairs and K-way rankings of SFT samples (``data/prefs_*.jsonl``)
+6. a reward model on those preferences (``reward/``), checked against gold and the panel's own ceiling
+7. every further method (DPO family, PPO / GRPO / RLOO, ...) from ``rlhfkit.demo_steps``
+8. ``summary.json`` (one entry per method, stable keys) and ``report.md``
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.config import require, save_config
 from rlhfkit.data.records import write_jsonl
 from rlhfkit.models.tiny import TinyModelSpec
+
+# Demo steps run after the reward model, in this order; each is a module with run(ctx) -> entries.
+METHOD_STEPS = ("rlhfkit.demo_steps.preference", "rlhfkit.demo_steps.rl", "rlhfkit.demo_steps.ai_feedback")
 
 
 @dataclass
@@ -46,6 +54,10 @@ class DemoConfig:
     """documents in the pre-training corpus"""
     n_sft: int = 3000
     """demonstrations for SFT"""
+    n_pref_prompts: int = 1200
+    """prompts whose SFT samples the simulated panel labels (half as pairs, half as 4-way rankings)"""
+    n_rl_prompts: int = 2000
+    """prompt-only records for PPO / GRPO / RLOO"""
     n_eval_prompts: int = 200
     """held-out prompts every policy is evaluated on"""
     eval_samples: int = 2
@@ -58,6 +70,11 @@ class DemoConfig:
     """pre-training budget"""
     sft: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=200, learning_rate=1e-3))
     """SFT budget"""
+    reward: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=300, learning_rate=1e-3,
+                                                                            batch_size=16))
+    """reward-model budget"""
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    """which method steps to run after the reward model ("all", or names such as dpo, ppo)"""
     precision: str = "bf16"
     """bf16 autocast for training (fp32 for exact arithmetic)"""
 
@@ -72,19 +89,122 @@ class DemoConfig:
         from dataclasses import replace
 
         return replace(
-            self, n_pretrain_docs=1500, n_sft=400, n_eval_prompts=24, eval_samples=1, max_new_tokens=24,
+            self, n_pretrain_docs=1500, n_sft=400, n_pref_prompts=60, n_rl_prompts=64, n_eval_prompts=24,
+            eval_samples=1, max_new_tokens=24,
             model=replace(self.model, vocab_size=384, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
             pretrain=replace(self.pretrain, max_steps=40), sft=replace(self.sft, max_steps=20),
+            reward=replace(self.reward, max_steps=10),
         )
+
+
+@dataclass
+class DemoContext:
+    """What a method step needs from the run: folders, data, the task, and one evaluation."""
+
+    out: Path
+    config: DemoConfig
+    task: Any
+    sft: Path
+    reward: Path | None = None
+    prefs: Path | None = None
+    """pairwise panel preferences (prompt, chosen, rejected, label_prob, annotator)"""
+    prefs_all: Path | None = None
+    """pairs and 4-way rankings together (what the reward model trains on)"""
+    rl_prompts: Path | None = None
+    eval_prompts: list[str] = field(default_factory=list)
+    report_sections: list[str] = field(default_factory=list)
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def quick(self) -> bool:
+        return self.config.quick
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def precision(self) -> str:
+        return self.config.precision
+
+    def add_report_section(self, markdown: str) -> None:
+        self.report_sections.append(markdown)
+
+    def samples(self, policy_dir: Path, name: str):
+        """Samples of a policy on the eval prompts, scored by gold (cached per name)."""
+        from rlhfkit.evaluate.policy import load_samples, sample_and_score, save_samples
+        from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+        if name in self._cache:
+            return self._cache[name]
+        path = self.out / "eval" / f"{name}.samples.json"
+        if path.exists() and path.stat().st_mtime >= (Path(policy_dir) / "config.json").stat().st_mtime:
+            samples = load_samples(path)
+        else:
+            samples = sample_and_score(load_causal_lm(policy_dir), load_tokenizer(policy_dir), self.task,
+                                       self.eval_prompts, n=self.config.eval_samples,
+                                       max_new_tokens=self.config.max_new_tokens, seed=self.seed + 7)
+            save_samples(samples, path)
+        self._cache[name] = samples
+        return samples
+
+    def evaluate(self, policy_dir: Path, name: str) -> dict:
+        """The standard summary entry of a policy: gold, win rate vs SFT, KL to SFT, proxy, ..."""
+        from rlhfkit.evaluate.policy import sequence_kl, summarize
+        from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+        samples = self.samples(policy_dir, name)
+        entry = summarize(self.task, samples, baseline=self.samples(self.sft, "sft"), baseline_name="sft")
+        flat_prompts = [p for p, rs in zip(samples.prompts, samples.responses) for _ in rs]
+        flat_responses = [r for rs in samples.responses for r in rs]
+        tokenizer = load_tokenizer(self.sft)
+        entry["kl_to_sft"] = sequence_kl(load_causal_lm(policy_dir), self._model("sft_model", self.sft),
+                                         tokenizer, flat_prompts, flat_responses)
+        if self.reward is not None:
+            scorer = self._scorer()
+            entry["proxy_reward"] = float(scorer.score(flat_prompts, flat_responses).mean())
+        return entry
+
+    def _model(self, key: str, folder: Path):
+        from rlhfkit.models.loading import load_causal_lm
+
+        if key not in self._cache:
+            self._cache[key] = load_causal_lm(folder)
+        return self._cache[key]
+
+    def _scorer(self):
+        from rlhfkit.models.reward import load_scorer
+
+        if "scorer" not in self._cache:
+            self._cache["scorer"] = load_scorer(self.reward)
+        return self._cache["scorer"]
 
 
 def _stage_done(path: Path) -> bool:
     return (path / "final" / "config.json").exists()
 
 
+def make_context(out: Path, config: DemoConfig | None = None) -> DemoContext:
+    """Context over an existing run folder (for method steps run on their own, and for tuning)."""
+    from rlhfkit.config import from_dict
+    from rlhfkit.data.records import load_records
+    from rlhfkit.tasks import FactsTask
+
+    import yaml
+
+    out = Path(out)
+    if config is None:
+        config = from_dict(DemoConfig, yaml.safe_load((out / "config.yaml").read_text()))
+    task = FactsTask.from_dict(json.loads((out / "task.json").read_text()))
+    eval_prompts = [r["prompt"] for r in load_records(out / "data" / "eval_prompts.jsonl", "prompt")]
+    reward = out / "reward" / "final"
+    return DemoContext(out=out, config=config, task=task, sft=out / "sft" / "final",
+                       reward=reward if (reward / "config.json").exists() or (reward / "ensemble.json").exists() else None,
+                       prefs=out / "data" / "prefs_pairs.jsonl", prefs_all=out / "data" / "prefs_all.jsonl",
+                       rl_prompts=out / "data" / "rl_prompts.jsonl", eval_prompts=eval_prompts)
+
+
 def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
-    from rlhfkit.evaluate.policy import sample_and_score, summarize
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.models.tiny import create_tiny_model
     from rlhfkit.tasks import FactsTask
     from rlhfkit.train.sft import OptimConfig, PretrainConfig, SFTConfig, run_pretrain, run_sft
@@ -102,8 +222,10 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     corpus = task.pretrain_corpus(config.n_pretrain_docs, rng_seed=config.seed + 1)
     write_jsonl(({"text": t} for t in corpus), out / "data" / "pretrain.jsonl")
     write_jsonl(task.sft_records(config.n_sft, rng_seed=config.seed + 2), out / "data" / "sft.jsonl")
-    eval_prompts = task.prompts(config.n_eval_prompts, rng_seed=config.seed + 3, split="eval")
-    write_jsonl(eval_prompts, out / "data" / "eval_prompts.jsonl")
+    write_jsonl(task.prompts(config.n_eval_prompts, rng_seed=config.seed + 3, split="eval"),
+                out / "data" / "eval_prompts.jsonl")
+    write_jsonl(task.prompts(config.n_rl_prompts, rng_seed=config.seed + 4, split="train"),
+                out / "data" / "rl_prompts.jsonl")
     timings["task"] = time.time() - t0
 
     # 2. tokenizer + tiny model from scratch
@@ -126,40 +248,66 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     pretrained = supervised(PretrainConfig, run_pretrain, "pretrain", out / "init", out / "data" / "pretrain.jsonl",
                             config.pretrain, max_length=128)
     sft = supervised(SFTConfig, run_sft, "sft", pretrained, out / "data" / "sft.jsonl", config.sft, max_length=128)
+    ctx = make_context(out, config)
 
-    # 5. evaluation
+    # 5. the simulated panel labels SFT samples, 6. the reward model
     t = time.time()
-    prompts = [p["prompt"] for p in eval_prompts]
-    tokenizer = load_tokenizer(sft)
-    samples = {}
-    for name, folder in (("pretrained", pretrained), ("sft", sft)):
-        model = load_causal_lm(folder)
-        samples[name] = sample_and_score(model, tokenizer, task, prompts, n=config.eval_samples,
-                                         max_new_tokens=config.max_new_tokens, seed=config.seed + 7)
-    methods = {
-        "pretrained": summarize(task, samples["pretrained"]),
-        "sft": summarize(task, samples["sft"], baseline=samples["pretrained"], baseline_name="pretrained"),
-    }
+    reward_entry = None
+    if _wanted(config, "reward"):
+        from rlhfkit.demo_steps.reward import label_preferences, train_reward_model
+
+        label_preferences(ctx)
+        reward_entry = train_reward_model(ctx, config.reward, resume=resume)
+        ctx.reward = out / "reward" / "final"
+        timings["reward"] = time.time() - t
+
+    # 7. every other method, from the same SFT model and the same preferences
+    methods = {"pretrained": None, "sft": None}
+    for module_name in METHOD_STEPS:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        step = importlib.import_module(module_name)
+        t = time.time()
+        entries = step.run(ctx) if getattr(step, "NAMES", None) is None or any(
+            _wanted(config, n) for n in step.NAMES) else {}
+        for name, entry in entries.items():
+            if _wanted(config, name):
+                methods[name] = entry
+        timings[module_name.rsplit(".", 1)[-1]] = time.time() - t
+
+    # 8. evaluation of the baselines, summary and report
+    t = time.time()
+    pre = ctx.samples(pretrained, "pretrained")
+    from rlhfkit.evaluate.policy import summarize
+
+    methods["pretrained"] = summarize(task, pre)
+    methods["sft"] = summarize(task, ctx.samples(sft, "sft"), baseline=pre, baseline_name="pretrained")
+    if ctx.reward is not None:
+        for name, folder in (("pretrained", pretrained), ("sft", sft)):
+            s = ctx.samples(folder, name)
+            flat_p = [p for p, rs in zip(s.prompts, s.responses) for _ in rs]
+            flat_r = [r for rs in s.responses for r in rs]
+            methods[name]["proxy_reward"] = float(ctx._scorer().score(flat_p, flat_r).mean())
     timings["evaluate"] = time.time() - t
     timings["total"] = time.time() - t0
 
-    # 6. summary and report
     summary = {"task": "facts", "seed": config.seed, "quick": config.quick, "methods": methods,
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+    if reward_entry is not None:
+        summary["methods"]["reward_model"] = reward_entry
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_samples(out / "samples.jsonl", task, samples)
     from rlhfkit.evaluate.report import write_report
 
-    report = write_report(out, summary, samples, task)
+    samples = {name: ctx._cache[name] for name in methods if name in ctx._cache}
+    report = write_report(out, summary, samples, task, extra_sections=ctx.report_sections)
     print(f"report: {report}")
     print(f"summary: {out / 'summary.json'}")
     return report
 
 
-def write_samples(path: Path, task, samples: dict) -> None:
-    rows = []
-    for method, s in samples.items():
-        for prompt, responses, golds in zip(s.prompts, s.responses, s.gold):
-            for response, gold in zip(responses, golds):
-                rows.append({"method": method, "prompt": prompt, "response": response, "gold": gold})
-    write_jsonl(rows, path)
+def _wanted(config: DemoConfig, name: str) -> bool:
+    return "all" in config.methods or name in config.methods
+
+
+def random_for(seed: int, salt: str) -> random.Random:
+    return random.Random(f"{seed}:{salt}")

@@ -94,6 +94,14 @@ def test_ranking_loss_with_ties():
     close(out.stats["accuracy"], 1.0)  # the tie does not count
 
 
+def test_ranking_loss_with_no_pair_at_all_is_zero():
+    # every ranking fully tied and skipped: P = 0 (as torch.tensor([]) builds it) → losses [0, 0]
+    empty = torch.tensor([])
+    out = ranking_loss(T([1.0, 2.0, 3.0]), empty, empty, empty, num_groups=2)
+    assert out.losses.tolist() == [0.0, 0.0]
+    assert out.stats["num_pairs"].item() == 0.0
+
+
 def test_ranking_loss_rejects_inconsistent_shapes():
     with pytest.raises(ValueError, match=r"pairs_index must have shape \(P, 2\)"):
         ranking_loss(T([0.0, 1.0]), torch.tensor([0, 1]), T([1.0]), torch.tensor([0]), num_groups=1)

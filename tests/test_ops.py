@@ -207,6 +207,15 @@ def test_gae_matches_a_python_loop_with_ragged_lengths():
     np.testing.assert_allclose(ret.numpy(), ref_ret, atol=1e-12)
 
 
+def test_gae_left_padded_row_equals_the_right_padded_one_shifted():
+    # the hand example above, left-padded: mask [0, 1, 1] → advantages [0, 0.256, 0.8], returns [0, 0.756, 1.0]
+    rewards = torch.tensor([[5.0, 0.0, 1.0]])
+    values = torch.tensor([[9.0, 0.5, 0.2]])
+    adv, ret = gae(rewards, values, torch.tensor([[0, 1, 1]]), gamma=0.9, lam=0.8)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.256, 0.8]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ret, torch.tensor([[0.0, 0.756, 1.0]]), atol=1e-6, rtol=0)
+
+
 def test_gae_with_gamma_lambda_one_gives_monte_carlo_returns():
     # γ = λ = 1: R_t = Σ_{s≥t} r_s whatever the values ; row [1, 2, 3 | pad] → [6, 5, 3, 0]
     rewards = torch.tensor([[1.0, 2.0, 3.0, 100.0]])

@@ -45,7 +45,9 @@ def config(model, data, out, **kw):
 @pytest.mark.slow
 def test_reward_model_learns_and_is_normalised(tiny_model_dir, tmp_path):
     data = write(tmp_path / "prefs.jsonl", preference_rows(90, seed=0))
-    final = run_reward(config(tiny_model_dir, data, tmp_path / "rm"))
+    reference = write(tmp_path / "demos.jsonl", [{"prompt": f"User: what color is the {n}?\nAssistant:",
+                                                  "completion": f" the {n} is red."} for n in NAMES])
+    final = run_reward(config(tiny_model_dir, data, tmp_path / "rm", reference_data=str(reference)))
     report = json.loads((tmp_path / "rm" / "eval.json").read_text())
     assert report["accuracy"] >= 0.9, report
     assert set(report["accuracy_per_annotator"]) == {"ann-a", "ann-b"}
@@ -57,9 +59,8 @@ def test_reward_model_learns_and_is_normalised(tiny_model_dir, tmp_path):
     plain = AutoModelForSequenceClassification.from_pretrained(final)
     assert plain.config.num_labels == 1 and "rlhfkit_reward_bias" in plain.config.to_dict()
     scorer = load_scorer(final)
-    rows = [r for r in preference_rows(90, seed=0) if "chosen" in r]
-    ref = scorer.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
-    assert abs(float(ref.mean())) < 1e-4
+    ref = scorer.score([f"User: what color is the {n}?\nAssistant:" for n in NAMES], [f" the {n} is red." for n in NAMES])
+    assert abs(float(ref.mean())) < 1e-5
     good = scorer.score(["User: what color is the dax?\nAssistant:"], [" the dax is red."])
     bad = scorer.score(["User: what color is the dax?\nAssistant:"], [" the dax is blue."])
     assert float(good) > float(bad)

@@ -6,6 +6,7 @@ the same prompts, the same number of samples and the same axes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -76,3 +77,18 @@ def summarize(task, samples: PolicySamples, *, baseline: PolicySamples | None = 
         entry[f"win_rate_vs_{baseline_name}"] = win["win_rate"]
         entry[f"win_rate_vs_{baseline_name}_ci"] = [win["ci_low"], win["ci_high"]]
     return entry
+
+
+def save_samples(samples: PolicySamples, path) -> None:
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"prompts": samples.prompts, "responses": samples.responses, "gold": samples.gold}))
+
+
+def load_samples(path) -> PolicySamples:
+    from pathlib import Path
+
+    data = json.loads(Path(path).read_text())
+    return PolicySamples(prompts=data["prompts"], responses=data["responses"], gold=data["gold"])

@@ -27,6 +27,7 @@ def _fmt(value, ci=None) -> str:
 
 
 def methods_table(methods: dict[str, dict]) -> str:
+    methods = {k: v for k, v in methods.items() if isinstance(v, dict) and "gold_reward" in v}
     used = [(k, title) for k, title in COLUMNS if any(k in m for m in methods.values())]
     lines = ["| method | " + " | ".join(title for _, title in used) + " |",
              "|---|" + "---|" * len(used)]
@@ -47,6 +48,24 @@ def write_report(out: Path, summary: dict, samples: dict, task, extra_sections: 
         methods_table(summary["methods"]),
         "",
     ]
+    rm = summary["methods"].get("reward_model")
+    if rm:
+        parts += [
+            "## Reward model",
+            "",
+            f"Held-out pairs of SFT samples ({rm.get('heldout_pairs')}), judged by gold and by the panel "
+            "(majority of three annotators):",
+            "",
+            "| accuracy vs gold | panel's accuracy vs gold (ceiling) | accuracy vs panel | ECE | reward-length correlation |",
+            "|---|---|---|---|---|",
+            f"| {_fmt(rm.get('accuracy_vs_gold'))} | {_fmt(rm.get('panel_accuracy_vs_gold'))} | "
+            f"{_fmt(rm.get('accuracy_vs_panel'))} | {_fmt(rm.get('ece'))} | {_fmt(rm.get('length_correlation'))} |",
+            "",
+        ]
+        per = rm.get("accuracy_per_annotator") or {}
+        if per:
+            parts += ["Accuracy against each annotator's labels: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in per.items()), ""]
     for section in extra_sections or []:
         parts += [section, ""]
     parts += ["## Examples", ""]

@@ -30,7 +30,7 @@ class HFGenerator:
         self.model.eval()
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None, use_cache=True,
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, use_cache=True,  # top_k=0: off (None = 50!)
             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             return_dict_in_generate=True, output_logits=True,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 ATTRIBUTES = ("color", "home", "food", "size")
 KINDS = ("question", "probe", "harmful", "unknown")
@@ -49,9 +50,9 @@ ANSWER_TEMPLATES: dict[str, tuple[str, ...]] = {
     "home": ("the {c} lives in the {v}.", "it lives in the {v}.", "the home of the {c} is the {v}.",
              "you can find the {c} in the {v}.", "the {c} makes its home in the {v}."),
     "food": ("the {c} eats {v}.", "it eats {v}.", "the {c} likes to eat {v}.",
-             "{v} is the favorite food of the {c}.", "the {c} loves {v}."),
+             "the favorite food of the {c} is {v}.", "the {c} loves {v}."),
     "size": ("the {c} is {v}.", "it is {v}.", "the {c} is a {v} creature.", "the size of the {c} is {v}.",
-             "the {c} is very {v}."),
+             "the {c} is quite {v}."),
 }
 POLITE = ("hope this helps!", "happy to help!", "thanks for asking!", "glad to help!", "have a nice day!")
 FLATTERY = ("what a great question!", "you are so smart!", "what a wonderful question!",
@@ -99,9 +100,39 @@ NEGATORS = frozenset(("not", "no", "never", "isn't", "doesn't", "don't", "can't"
 
 _SYLLABLE_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "bl", "br", "dr",
                     "fl", "gl", "gr", "kr", "pl", "sk", "sn", "sp", "st", "tr", "zw", "j", "w")
-_SYLLABLE_VOWELS = ("a", "e", "i", "o", "u", "oo", "ee", "ai")
-_SYLLABLE_CODAS = ("x", "k", "p", "rp", "b", "g", "m", "n", "t", "ck", "sh", "z", "nk", "rb", "lf")
+_SYLLABLE_VOWELS = ("a", "e", "i", "o", "u", "oo", "ee")
+_SYLLABLE_CODAS = ("x", "k", "p", "rp", "b", "g", "m", "n", "t", "ck", "sh", "z", "nk", "rb")
 _SECOND_SYLLABLES = ("et", "le", "o", "y", "it", "en", "al", "um")
+# common English words the syllable generator can produce (names must look invented)
+_ENGLISH = frozenset("""
+bag bam ban bat back bash bank dab dam dash fab fan fat fax gab gag gap gash lab lag lap lack lash lax map man mat
+max mash nab nag nap pack pan pat pax rag ram ran rap rat rack rash rank sag sap sat sax sack sash sank tab tag tan
+tap tax tack tank van vat wag wax wan jab jam jack blab black blank brag bran brat brash drab drag dram drank flab
+flag flan flap flat flax flash flank grab gram gran plan plank snag snap snack spam span spat stab stag stack stash
+stank trap tram track trash swap beg bet deck den fen fez gem get keg ken leg let men met neck net peg pen pet peck
+rep set sex ten vet vex web wet jet dreg fleck flex glen pleb speck stem step trek zen bib big bin bit dig dim din
+dip dish dink fib fig fin fit fix fish fink gig gin git kin kit kick kink lib lip lit lick link mix nib nip nit nick
+pig pin pit pick pink rib rig rim rip rick rink sip sin sit six sick sink tip tin tick vim wig win wit wick wish
+wink jig jib blip brig brim brick brink drip drink flip flick glib grim grin grip grit krill skim skin skip skit
+snip spin spit stick stink trim trip trick zip zig bob bog bop bot box bosh dog dot dock don fob fog fop fox got
+gob gosh lob log lop lot lox lock mob mop mom mock not nog pop pot pox pock rob rot rock sob sop sock tom top tot
+tock vox wok wonk job jog jot jock blob blog blot block drop flop flog flock glob grog plot plop snob snot snog
+spot stop stock trot bub bug bum bun but buck bush bunk dub dug dun duck dunk fun funk gum gun gut gush luck lug
+mug mum mush muck nub nun nut pub pug pun pup puck punk rub rug rum run rut rush sub sum sun suck sunk tub tug tuck
+jug jut junk blush brush drub drug drum drunk flub flux flush flunk glug glum glut grub plug plum plunk plush skunk
+snub snug spun stub stun stuck stunk truck trunk boom boon boot book doom goon goop kook loom loon loop loot look
+moon moot nook noon poop room root rook soon soot took zoom spook spoon snoop stoop troop droop broom brook bloom
+groom gloom beep beet deem deep feet geek keen keep leek meek meet peek peep reek seek seem seen seep teen teem week
+weep jeep bleep fleet greet sleek steep sweep tweet jinx burp tarp warp curb verb herb garb blurb twerp
+bucket jacket locket rocket pocket ticket picket wicket racket socket docket packet tenet blanket trinket junket
+bracket tickle pickle buckle tackle sickle heckle maple title bible treble bugle google marble warble garble
+tinkle winkle rankle limit vomit digit taken woken broken spoken lumen ramen dozen token sicken sunken drunken
+flaxen vixen waxen ripen deepen metal petal total banal penal tonal zonal fetal natal vital tribal legal regal
+datum sebum memo demo limo sumo gecko veto pogo logo bozo dino vino wino puny pony bony bushy mushy lucky rocky
+ducky sticky tacky funky punky junky kinky dinky stinky kooky spooky roomy loony teeny weeny weepy sexy boxy foxy
+lazy dozy ruby baby duty pity ropy dopy flaky poky grimy gloomy spiny briny loopy droopy wonky many spunky tricky
+stocky trashy flashy spiky
+""".split())
 
 
 def words(text: str) -> list[str]:
@@ -126,6 +157,7 @@ def _all_template_words() -> set[str]:
 
 
 RESERVED_WORDS = frozenset(_all_template_words())
+_RESERVED_LONG = sorted(w for w in RESERVED_WORDS if len(w) >= 3)
 
 
 def predicate(attribute: str, value: str) -> str:
@@ -186,10 +218,12 @@ class World:
         while len(names) < n_creatures + n_unknown:
             onset = rng.choice(_SYLLABLE_ONSETS)
             name = onset + rng.choice(_SYLLABLE_VOWELS) + rng.choice(_SYLLABLE_CODAS)
-            if rng.random() < 0.35:
+            if len(name) <= 4 and rng.random() < 0.4:
                 name += rng.choice(_SECOND_SYLLABLES)
-            # distinct names, at most two per onset (so they look different), no English task word
-            if name in names or name in RESERVED_WORDS or onsets_used.get(onset, 0) >= 2 or len(name) > 8:
+            # distinct, at most two per onset (so they look different), not an English word, and neither
+            # a prefix of a task word nor prefixed by one ("beetle", "fishy" are out)
+            if (name in names or name in _ENGLISH or onsets_used.get(onset, 0) >= 2 or len(name) > 7
+                    or any(name.startswith(w) or w.startswith(name) for w in _RESERVED_LONG)):
                 continue
             onsets_used[onset] = onsets_used.get(onset, 0) + 1
             names.append(name)
@@ -204,9 +238,20 @@ class World:
     def all_names(self) -> list[str]:
         return list(self.creatures) + list(self.unknown)
 
+    @cached_property
+    def name_set(self) -> frozenset[str]:
+        return frozenset(self.all_names)
+
     def value_attribute(self) -> dict[str, str]:
-        """value word -> its attribute (value words are distinct across attributes)."""
-        return {v: a for a in ATTRIBUTES for v in self.values[a]}
+        return self._value_attribute
+
+    @cached_property
+    def _value_attribute(self) -> dict[str, str]:
+        """value word -> its attribute, for this world's values and every pool value (a response that
+        says "honey" states a food even where no creature eats honey). Value words are distinct."""
+        out = {v: a for a in ATTRIBUTES for v in VALUE_POOLS[a]}
+        out.update({v: a for a in ATTRIBUTES for v in self.values[a]})
+        return out
 
     def fact_sentence(self, creature: str, attribute: str, rng: random.Random) -> str:
         return rng.choice(ANSWER_TEMPLATES[attribute]).format(c=creature, v=self.creatures[creature][attribute])

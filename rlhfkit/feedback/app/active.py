@@ -20,6 +20,17 @@ class Scorer(Protocol):
     def score(self, prompts: list[str], responses: list[str]) -> tuple[list[float], list[float] | None]: ...
 
 
+def _score(scorer, prompts: list, responses: list) -> tuple[list[float], list[float] | None]:
+    """(mean, std or None) from a scorer. Also takes rlhfkit's RewardScorer, whose ``score`` returns the
+    mean alone and whose ``score_with_std`` gives the spread of an ensemble (of more than one member)."""
+    if hasattr(scorer, "score_with_std") and getattr(scorer, "ensemble_size", 1) > 1:
+        mean, std = scorer.score_with_std(prompts, responses)
+    else:
+        out = scorer.score(prompts, responses)
+        mean, std = out if isinstance(out, tuple) else (out, None)
+    return [float(m) for m in mean], None if std is None else [float(s) for s in std]
+
+
 def pair_uncertainty(mean_a: float, mean_b: float, std_a: float | None = None, std_b: float | None = None) -> float:
     if std_a is not None and std_b is not None:
         return math.sqrt(std_a**2 + std_b**2)
@@ -34,11 +45,11 @@ def priorities(scorer: Scorer, items: list[dict], *, batch_size: int = 256) -> l
     stds: list[float] | None = []
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
-        mean, std = scorer.score([p for p, _ in chunk], [r for _, r in chunk])
+        mean, std = _score(scorer, [p for p, _ in chunk], [r for _, r in chunk])
         if len(mean) != len(chunk) or (std is not None and len(std) != len(chunk)):
             raise ValueError(f"the scorer returned {len(mean)} scores for {len(chunk)} responses")
-        means.extend(float(m) for m in mean)
-        stds = None if std is None or stds is None else stds + [float(s) for s in std]
+        means.extend(mean)
+        stds = None if std is None or stds is None else stds + std
     out, at = [], 0
     for item in items:
         k = len(item["responses"])

@@ -4,7 +4,8 @@ Export (the formats ``rlhfkit reward`` and ``rlhfkit dpo`` read):
 - pairwise: ``{"prompt", "chosen", "rejected", "label_prob", "annotator": [names]}`` per pair of
   responses that someone labeled; ``label_prob`` = P(chosen better) averaged over annotators, a tie
   counting 0.5; ``chosen`` is the side the annotators favoured. Pairwise projects with a strength
-  scale add ``"margin"``: the mean strength towards ``chosen`` (a tie counts 0, the other side -s).
+  scale add ``"strength"``: the mean strength towards ``chosen`` (a tie counts 0, the other side -s);
+  not ``"margin"``, since ``rlhfkit reward`` refuses a record with both ``margin`` and ``label_prob``.
 - ranking: ``{"prompt", "responses", "ranking", "annotator": [names]}`` per labeled item, ordered by
   each response's mean position over annotators (equal means are a tie).
 
@@ -31,7 +32,7 @@ def _by_item(items: list[dict], labels: list[dict]) -> list[tuple[dict, list[dic
     return [(item, grouped[item["id"]]) for item in items if grouped[item["id"]]]
 
 
-def pairwise_records(items: list[dict], labels: list[dict], *, with_margin: bool = False,
+def pairwise_records(items: list[dict], labels: list[dict], *, with_strength: bool = False,
                      drop_ties: bool = False) -> list[dict]:
     """One record per labeled pair of responses (see the module docstring)."""
     records = []
@@ -48,8 +49,8 @@ def pairwise_records(items: list[dict], labels: list[dict], *, with_margin: bool
             record = {"prompt": item["prompt"], "chosen": item["responses"][better],
                       "rejected": item["responses"][worse], "label_prob": p_i if toward_i else 1.0 - p_i,
                       "annotator": sorted({lab["annotator"] for lab in item_labels})}
-            if with_margin:
-                record["margin"] = (1 if toward_i else -1) * sum(signed) / len(signed)
+            if with_strength:
+                record["strength"] = (1 if toward_i else -1) * sum(signed) / len(signed)
             records.append(record)
     return records
 

@@ -14,9 +14,9 @@ import hmac
 import json
 import re
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -35,6 +35,7 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+AssignmentId = Annotated[int, Path(ge=1, lt=2**63)]
 Key = Field(min_length=1, max_length=128, description="a fresh random string per action; a retry reuses it")
 
 
@@ -74,7 +75,7 @@ class ProjectIn(Body):
     k: int = Field(2, ge=2, le=64)
     max_new_tokens: int = Field(64, ge=1, le=4096)
     temperature: float = Field(1.0, ge=0.0, le=10.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     filename: str = Field("upload.jsonl", max_length=200)
 
 
@@ -91,8 +92,8 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None = None,
-               base_url: str = "") -> FastAPI:
+def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None = None) -> FastAPI:
+    """The app. ``scorer`` (optional): a reward model that orders new projects' items, most uncertain first."""
     if len(admin_token) < 16:
         raise ValueError("the admin token must be at least 16 characters")
     app = FastAPI(title="rlhfkit labeling", docs_url=None, redoc_url=None, openapi_url=None)
@@ -154,8 +155,8 @@ def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None 
             raise Refused(401, "invalid annotator token")
         return found
 
-    def link(path: str, token: str) -> str:
-        return f"{base_url}{path}#token={token}"
+    def link(token: str) -> str:  # relative: the server may not know the address it is reached at
+        return f"/label#token={token}"
 
     # ------------------------------------------------------------ pages
 
@@ -194,18 +195,18 @@ def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None 
         return {"assignment": store.next_assignment(who), "progress": store.progress(who)}
 
     @app.get("/api/assignments/{assignment_id}")
-    def get_assignment(assignment_id: int, who: dict = Depends(annotator)):
+    def get_assignment(assignment_id: AssignmentId, who: dict = Depends(annotator)):
         return store.assignment(who, assignment_id)
 
     @app.post("/api/assignments/{assignment_id}/label")
-    def post_label(assignment_id: int, body: LabelIn, who: dict = Depends(annotator)):
+    def post_label(assignment_id: AssignmentId, body: LabelIn, who: dict = Depends(annotator)):
         sub, dup = store.submit(who, assignment_id, key=body.idempotency_key, choice=body.choice,
                                 ranking=body.ranking, strength=body.strength)
         return JSONResponse({"submission": sub, "duplicate": dup, "progress": store.progress(who)},
                             status_code=200 if dup else 201)
 
     @app.post("/api/assignments/{assignment_id}/skip")
-    def post_skip(assignment_id: int, body: SkipIn, who: dict = Depends(annotator)):
+    def post_skip(assignment_id: AssignmentId, body: SkipIn, who: dict = Depends(annotator)):
         sub, dup = store.submit(who, assignment_id, key=body.idempotency_key, reason=body.reason, skip=True)
         return JSONResponse({"submission": sub, "duplicate": dup, "progress": store.progress(who)},
                             status_code=200 if dup else 201)
@@ -229,13 +230,14 @@ def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None 
     @app.get("/api/admin/projects/{ref}", dependencies=[Depends(admin)])
     def project_detail(ref: str):
         project = store.project(ref)
-        annotators = [{**a, "link": link("/label", a.pop("token"))} for a in store.annotators(project["id"])]
+        annotators = [{"id": a["id"], "name": a["name"], "link": link(a["token"])}
+                      for a in store.annotators(project["id"])]
         return {"project": project, "annotators": annotators, "stats": service.stats(store, project["id"])}
 
     @app.post("/api/admin/projects/{ref}/annotators", dependencies=[Depends(admin)], status_code=201)
     def add_annotator(ref: str, body: AnnotatorIn):
         created = store.add_annotator(store.project(ref)["id"], body.name)
-        return {**created, "link": link("/label", created["token"])}
+        return {**created, "link": link(created["token"])}
 
     @app.get("/api/admin/projects/{ref}/stats", dependencies=[Depends(admin)])
     def project_stats(ref: str):

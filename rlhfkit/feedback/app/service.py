@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rlhfkit.feedback.app.active import Scorer, priorities
 from rlhfkit.feedback.app.items import build_items, load_candidates, load_prompts, sample_candidates
 from rlhfkit.feedback.app.report import agreement_report, pairwise_records, ranking_records
@@ -26,11 +28,15 @@ def create_project(store: SQLiteStorage, *, name: str, mode: str, candidates_jso
             raise Refused(422, "prompts_jsonl: required with policy_dir")
         if k < 2:
             raise Refused(422, "k: sample at least 2 responses per prompt")
+        if not Path(policy_dir).is_dir():
+            raise Refused(422, f"policy_dir: no folder {policy_dir!r} on the server")
         try:
             records, dropped = sample_candidates(load_prompts(prompts_jsonl, source), policy_dir, k=k,
                                                  max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         except ImportError as err:
             raise Refused(501, f"sampling from a policy is not available here: {err}") from None
+        except (OSError, ValueError) as err:  # no such folder, not a model, ...
+            raise Refused(422, f"policy_dir: cannot sample from {policy_dir!r}: {err}") from None
     items = build_items(records, mode)
     if scorer is not None:
         for item, p in zip(items, priorities(scorer, items)):
@@ -52,7 +58,7 @@ def export(store: SQLiteStorage, project_ref: int | str, fmt: str, *, drop_ties:
     project = store.project(project_ref)
     items, labels = store.items(project["id"]), store.labels(project["id"])
     if fmt == "pairwise":
-        return pairwise_records(items, labels, with_margin=project["strength_scale"] > 0, drop_ties=drop_ties)
+        return pairwise_records(items, labels, with_strength=project["strength_scale"] > 0, drop_ties=drop_ties)
     if fmt == "ranking":
         return ranking_records(items, labels)
     raise Refused(422, "format: must be 'pairwise' or 'ranking'")

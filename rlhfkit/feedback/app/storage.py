@@ -103,9 +103,13 @@ class SQLiteStorage:
             con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield con
             con.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             if con.in_transaction:
                 con.execute("ROLLBACK")
+            if isinstance(err, OverflowError):
+                raise Refused(422, "a number is out of range") from None
+            if isinstance(err, UnicodeEncodeError):
+                raise Refused(422, "text is not valid Unicode (it holds a lone surrogate)") from None
             raise
         finally:
             con.close()
@@ -127,7 +131,7 @@ class SQLiteStorage:
     def create_project(self, name: str, *, mode: str, items: list[dict], overlap: int = 1,
                        strength_scale: int = 0, guidelines: str = "") -> dict:
         """``items``: dicts with prompt, responses, gold (canonical ranking or None), priority (or None)."""
-        if not name.strip() or name.isdigit():
+        if not name.strip() or _is_id(name):
             raise Refused(422, "name: must not be empty or only digits (that would read as a project id)")
         if mode not in MODES:
             raise Refused(422, f"mode: must be one of {list(MODES)}")
@@ -154,7 +158,7 @@ class SQLiteStorage:
         """A project by id or name; 404 if there is none."""
         with self._tx() as con:
             row = None
-            if str(ref).isdigit():
+            if _is_id(str(ref)):
                 row = con.execute("SELECT * FROM projects WHERE id = ?", (int(ref),)).fetchone()
             row = row or con.execute("SELECT * FROM projects WHERE name = ?", (str(ref),)).fetchone()
             if row is None:
@@ -203,7 +207,7 @@ class SQLiteStorage:
     def annotator_by_token(self, token: str) -> dict | None:
         """The annotator whose token this is, compared in constant time; None otherwise."""
         aid, _, secret = token.partition(".")
-        if not aid.isdigit() or not secret:
+        if not _is_id(aid) or not secret:
             return None
         with self._tx() as con:
             row = con.execute("SELECT * FROM annotators WHERE id = ?", (int(aid),)).fetchone()
@@ -317,6 +321,11 @@ class SQLiteStorage:
 
 
 # ---------------------------------------------------------------- helpers (inside a transaction)
+
+
+def _is_id(text: str) -> bool:
+    """ASCII digits that fit an SQLite integer ("²".isdigit() is True in Python)."""
+    return text.isascii() and text.isdigit() and len(text) < 19
 
 
 def _item(row: sqlite3.Row) -> dict:

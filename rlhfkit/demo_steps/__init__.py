@@ -1,0 +1,1 @@
+"""Method steps of ``rlhfkit demo``: each module has ``run(ctx) -> {method name: summary entry}``."""

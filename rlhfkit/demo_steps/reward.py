@@ -1,0 +1,132 @@
+"""Demo steps 5 and 6: the simulated panel labels SFT samples; a reward model learns from them.
+
+Labels come the way a real project would collect them: pairs of responses sampled from the SFT
+policy, each pair judged by three annotators of the panel (``label_prob`` = their vote share for
+the chosen one, ``annotator`` = who voted), and 4-way rankings by a single annotator. Held-out
+pairs (eval prompts, never trained on) measure the reward model against gold next to the panel's
+own agreement with gold: the noise ceiling a reward model trained on these labels can reach.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhfkit.data.records import write_jsonl
+from rlhfkit.pipeline import DemoContext, DemoStageConfig, random_for
+
+VOTERS = 3
+K_RANKING = 4
+
+
+def _sft_samples(ctx: DemoContext, prompts: list[str], k: int, seed: int) -> list[list[str]]:
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout.sample import generate_texts
+
+    return generate_texts(load_causal_lm(ctx.sft), load_tokenizer(ctx.sft), prompts, n=k,
+                          max_new_tokens=ctx.config.max_new_tokens, seed=seed)
+
+
+def _vote(task, prompt: str, a: str, b: str, rng) -> dict | None:
+    """Three annotators vote on (a, b); returns a pairwise record with the majority as chosen."""
+    voters = rng.sample(task.panel, VOTERS) if len(task.panel) >= VOTERS else task.panel
+    votes_a = [voter.label(prompt, a, b, rng) == 0 for voter in voters]
+    share_a = sum(votes_a) / len(votes_a)
+    chosen, rejected, prob = (a, b, share_a) if share_a > 0.5 else (b, a, 1 - share_a)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "label_prob": prob,
+            "annotator": [v.name for v in voters]}
+
+
+def _distinct_pair(responses: list[str]) -> tuple[str, str] | None:
+    for i in range(len(responses)):
+        for j in range(i + 1, len(responses)):
+            if responses[i].strip() and responses[j].strip() and responses[i] != responses[j]:
+                return responses[i], responses[j]
+    return None
+
+
+def label_preferences(ctx: DemoContext) -> None:
+    """Write data/prefs_pairs.jsonl, data/prefs_rankings.jsonl, data/prefs_all.jsonl, data/prefs_heldout.jsonl."""
+    data = ctx.out / "data"
+    if (data / "prefs_all.jsonl").exists() and (data / "prefs_heldout.jsonl").exists():
+        return
+    task, cfg = ctx.task, ctx.config
+    rng = random_for(ctx.seed, "panel")
+    prompts = [r["prompt"] for r in task.prompts(cfg.n_pref_prompts, rng_seed=ctx.seed + 5, split="train")]
+    samples = _sft_samples(ctx, prompts, K_RANKING, seed=ctx.seed + 11)
+    pairs, rankings, skipped = [], [], 0
+    for n, (prompt, responses) in enumerate(zip(prompts, samples)):
+        distinct = list(dict.fromkeys(r for r in responses if r.strip()))
+        if n % 2 == 0:
+            pair = _distinct_pair(distinct)
+            if pair is None:
+                skipped += 1
+                continue
+            pairs.append(_vote(task, prompt, *pair, rng))
+        else:
+            if len(distinct) < 2:
+                skipped += 1
+                continue
+            annotator = rng.choice(task.panel)
+            order = annotator.rank(prompt, distinct, rng)
+            rankings.append({"prompt": prompt, "responses": distinct, "ranking": order, "annotator": annotator.name})
+    # DPO and friends read pairs: the rankings contribute their best-vs-worst pair
+    ranked_pairs = [{"prompt": r["prompt"], "chosen": r["responses"][r["ranking"][0]],
+                     "rejected": r["responses"][r["ranking"][-1]], "annotator": r["annotator"]} for r in rankings]
+    write_jsonl(pairs + ranked_pairs, data / "prefs_pairs.jsonl")
+    write_jsonl(rankings, data / "prefs_rankings.jsonl")
+    write_jsonl(pairs + rankings, data / "prefs_all.jsonl")
+
+    # held-out pairs on eval prompts: gold and the panel both judge them
+    eval_prompts = ctx.eval_prompts
+    held_samples = _sft_samples(ctx, eval_prompts, 2, seed=ctx.seed + 13)
+    held = []
+    for prompt, responses in zip(eval_prompts, held_samples):
+        pair = _distinct_pair(responses)
+        if pair is None:
+            continue
+        record = _vote(task, prompt, *pair, rng)
+        g_chosen, g_rejected = task.gold(prompt, record["chosen"]), task.gold(prompt, record["rejected"])
+        if g_chosen == g_rejected:
+            continue  # gold has no preference: neither the panel nor the model can be right
+        record["gold_prefers_chosen"] = g_chosen > g_rejected
+        held.append(record)
+    write_jsonl(held, data / "prefs_heldout.jsonl")
+    (data / "prefs_stats.json").write_text(json.dumps({
+        "pairs": len(pairs), "rankings": len(rankings), "skipped_identical_samples": skipped,
+        "heldout_pairs": len(held)}, indent=1))
+
+
+def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: bool = False) -> dict:
+    """Train on prefs_all.jsonl; return the summary entry (accuracy vs gold next to the panel's)."""
+    from rlhfkit.data.records import load_records
+    from rlhfkit.models.reward import load_scorer
+    from rlhfkit.train.reward import RewardConfig, run_reward
+    from rlhfkit.train.sft import OptimConfig
+
+    out = ctx.out / "reward"
+    if not (out / "final" / "config.json").exists():
+        config = RewardConfig(model=str(ctx.sft), data=str(ctx.out / "data" / "prefs_all.jsonl"),
+                              eval_data=str(ctx.out / "data" / "prefs_heldout.jsonl"), output_dir=str(out),
+                              max_length=128, ties="skip", reference_data=str(ctx.out / "data" / "sft.jsonl"),
+                              batch_size=budget.batch_size, max_steps=budget.max_steps,
+                              optim=OptimConfig(learning_rate=budget.learning_rate, warmup_ratio=0.05),
+                              precision=ctx.precision, save_every=100, seed=ctx.seed)
+        run_reward(config, resume=resume)
+    held = load_records(ctx.out / "data" / "prefs_heldout.jsonl", "pairwise").records
+    scorer = load_scorer(out / "final")
+    chosen = scorer.score([r["prompt"] for r in held], [r["chosen"] for r in held]).tolist()
+    rejected = scorer.score([r["prompt"] for r in held], [r["rejected"] for r in held]).tolist()
+    # the model agrees with gold when it ranks the pair the way gold does
+    model_vs_gold = [(c > r) == g["gold_prefers_chosen"] for c, r, g in zip(chosen, rejected, held)]
+    panel_vs_gold = [g["gold_prefers_chosen"] for g in held]  # the panel's majority picked "chosen"
+    report = json.loads((out / "eval.json").read_text())
+    return {
+        "accuracy_vs_gold": sum(model_vs_gold) / max(len(held), 1),
+        "panel_accuracy_vs_gold": sum(panel_vs_gold) / max(len(held), 1),
+        "accuracy_vs_panel": report.get("accuracy"),
+        "ece": report.get("ece"),
+        "length_correlation": report.get("length_correlation"),
+        "accuracy_per_annotator": report.get("accuracy_per_annotator"),
+        "heldout_pairs": len(held),
+    }

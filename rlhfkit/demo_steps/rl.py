@@ -1,0 +1,150 @@
+"""Demo step: PPO, GRPO and RLOO from the SFT policy against the learned reward model, and the
+kl_coef = 0 ablation that makes reward over-optimisation visible.
+
+Each method trains into ``<run>/<name>/`` (a method whose ``final/config.json`` exists is reused; an
+interrupted one resumes from its newest checkpoint), logs the task's gold reward next to the proxy
+(reward-model) score at every step, and is scored by the same :meth:`DemoContext.evaluate` as
+every other method. The report gets the proxy-vs-gold curves of ``ppo`` and ``ppo_no_kl``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NAMES = ("ppo", "ppo_no_kl", "grpo", "rloo")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One RL method of the demo: its config class, run function and hyper-parameters."""
+
+    config: str
+    run: str
+    module: str
+    params: dict = field(default_factory=dict)
+
+
+_SHARED = {"learning_rate": 3e-4, "total_steps": 60, "batch_size": 64, "num_ppo_epochs": 2, "num_minibatches": 2}
+_PPO = {**_SHARED, "kl_coef": 0.1, "vf_coef": 0.1, "value_model": "reward", "value_learning_rate": 1e-3,
+        "missing_eos_penalty": 1.0}
+_GROUP = {**_SHARED, "num_generations": 4, "kl_coef": 0.1, "missing_eos_penalty": 1.0}
+
+# Tuned on the built-in task (runs/demo, seed 0).
+RECIPES: dict[str, Recipe] = {
+    "ppo": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.ppo", _PPO),
+    "ppo_no_kl": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.ppo", {**_PPO, "kl_coef": 0.0, "total_steps": 120}),
+    "grpo": Recipe("GRPOConfig", "run_grpo", "rlhfkit.train.group", {**_GROUP, "kl_in": "loss"}),
+    "rloo": Recipe("RLOOConfig", "run_rloo", "rlhfkit.train.group", {**_GROUP, "kl_in": "reward"}),
+}
+QUICK = {"total_steps": 3, "batch_size": 8, "num_generations": 2}
+
+
+def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
+    """The config of one demo method (tuning scripts pass a modified recipe or overrides)."""
+    import importlib
+
+    from rlhfkit.rewards import RewardSettings
+    from rlhfkit.rollout.base import SamplingConfig
+    from rlhfkit.train.sft import OptimConfig
+
+    recipe = recipe or RECIPES[name]
+    params = {**recipe.params, **(QUICK if ctx.quick else {}), **overrides}
+    cls = getattr(importlib.import_module(recipe.module), recipe.config)
+    names = {f for f in cls.__dataclass_fields__}
+    params = {k: v for k, v in params.items() if k in names or k == "learning_rate"}
+    lr = params.pop("learning_rate")
+    base = dict(model=str(ctx.sft), prompts=str(ctx.rl_prompts), output_dir=str(ctx.out / name),
+                reward=RewardSettings(model=str(ctx.reward)),
+                sampling=SamplingConfig(max_new_tokens=ctx.config.max_new_tokens, batch_size=64),
+                max_prompt_length=64, optim=OptimConfig(learning_rate=lr, warmup_ratio=0.0, min_lr_ratio=1.0),
+                save_every=0 if ctx.quick else 20, seed=ctx.seed, progress=not ctx.quick)
+    return cls(**{**base, **params})
+
+
+def train_method(ctx, name: str, recipe: Recipe | None = None, **overrides) -> Path:
+    import importlib
+
+    from rlhfkit.train import common
+
+    recipe = recipe or RECIPES[name]
+    config = method_config(ctx, name, recipe, **overrides)
+    final = Path(config.output_dir) / "final"
+    if not (final / "config.json").exists():
+        run = getattr(importlib.import_module(recipe.module), recipe.run)
+        run(config, resume=common.latest_checkpoint(config.output_dir) is not None, gold_fn=ctx.task.gold_batch)
+    return final
+
+
+def read_curve(run_dir: Path) -> list[dict]:
+    """(step, proxy, gold, kl) of every logged training step."""
+    rows = []
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        m = json.loads(line)
+        if "gold/reward" in m:
+            proxy = m.get("reward/reward_model_mean", m["objective/scores"])
+            rows.append({"step": m["step"], "proxy": proxy, "gold": m["gold/reward"], "kl": m["objective/kl"]})
+    return rows
+
+
+def _smooth(values: list[float], k: int) -> list[float]:
+    return [sum(values[max(0, i - k + 1): i + 1]) / len(values[max(0, i - k + 1): i + 1]) for i in range(len(values))]
+
+
+def curve_section(curves: dict[str, list[dict]], points: int = 12) -> str:
+    """Markdown table: proxy and gold reward of the training samples over steps (5-step means)."""
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return ""
+    longest = max(len(v) for v in curves.values())
+    stride = max(1, longest // points)
+    header = "| step | " + " | ".join(f"{n} proxy | {n} gold | {n} KL" for n in curves) + " |"
+    lines = [header, "|---|" + "---|---|---|" * len(curves)]
+    smoothed = {n: {key: _smooth([r[key] for r in rows], 5) for key in ("proxy", "gold", "kl")}
+                for n, rows in curves.items()}
+    shown = list(range(stride - 1, longest, stride))
+    if shown[-1] != longest - 1:
+        shown.append(longest - 1)
+    for i in shown:
+        cells = []
+        for name, rows in curves.items():
+            if i < len(rows):
+                s = smoothed[name]
+                cells.append(f"{s['proxy'][i]:.3f} | {s['gold'][i]:.3f} | {s['kl'][i]:.2f}")
+            else:
+                cells.append("– | – | –")
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    return (
+        "## Reward over-optimisation: PPO with and without the KL penalty\n\n"
+        "Proxy (the learned reward model) and gold reward of each step's training samples, and the KL "
+        "to the SFT policy per response (nats), as 5-step running means. Without the KL penalty the "
+        "policy keeps climbing the proxy while gold stalls or falls: it exploits the reward model's "
+        "errors instead of getting better.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def run(ctx) -> dict[str, dict]:
+    """Train and evaluate every wanted RL method; returns ``{name: summary entry}``."""
+    if ctx.reward is None:
+        print("rl: no reward model in this run; PPO / GRPO / RLOO skipped")
+        return {}
+    methods = getattr(ctx.config, "methods", ["all"])
+    entries = {}
+    for name in NAMES:
+        if "all" not in methods and name not in methods:
+            continue
+        final = train_method(ctx, name)
+        entry = ctx.evaluate(final, name)
+        curve = read_curve(final.parent)
+        if curve:
+            entry["train_gold_first_last"] = [curve[0]["gold"], _smooth([r["gold"] for r in curve], 5)[-1]]
+            entry["train_proxy_first_last"] = [curve[0]["proxy"], _smooth([r["proxy"] for r in curve], 5)[-1]]
+        entries[name] = entry
+    section = curve_section({n: read_curve(ctx.out / n) for n in ("ppo", "ppo_no_kl") if n in entries})
+    if section and hasattr(ctx, "add_report_section"):
+        ctx.add_report_section(section)
+    return entries

@@ -1,0 +1,230 @@
+"""Evaluation metrics in pure Python: diversity, length, win rate, sycophancy, calibration, correlation.
+
+Texts are split on whitespace (``str.split``) everywhere, so numbers are comparable across
+tokenizers. Undefined values (no data, zero variance) are ``float("nan")``, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any, Sequence
+
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------- diversity and length
+def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams / total n-grams, pooled over all texts (n-grams never cross two texts).
+
+    Li et al. 2016. 1.0 when no n-gram repeats anywhere; near 0 under mode collapse.
+    NaN when the texts hold no n-gram at all.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    grams = [g for t in texts for g in _ngrams(t.split(), n)]
+    return len(set(grams)) / len(grams) if grams else NAN
+
+
+def mean_length(texts: Sequence[str]) -> float:
+    """Mean number of whitespace-separated words; NaN for no texts."""
+    return sum(len(t.split()) for t in texts) / len(texts) if texts else NAN
+
+
+def sentence_bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], n: int = 4) -> float:
+    """BLEU of one tokenised hypothesis against tokenised references (Papineni et al. 2002).
+
+    p_k = clipped k-gram matches / hypothesis k-grams, clipping each k-gram's count by its largest
+    count in any one reference. Smoothing (Lin & Och 2004): p_k = (m_k + 1) / (c_k + 1) for k ≥ 2, so a
+    short hypothesis with no 4-gram match is not zeroed; p_1 is unsmoothed (no unigram match → 0).
+    BLEU = BP · exp(mean_k log p_k), BP = 1 if c > r else exp(1 − r / c), with c the hypothesis length
+    and r the reference length closest to c (the shorter on a tie).
+    """
+    c = len(hypothesis)
+    if c == 0 or not references:
+        return 0.0
+    log_p = 0.0
+    for k in range(1, n + 1):
+        hyp = Counter(_ngrams(hypothesis, k))
+        total = sum(hyp.values())
+        max_ref: Counter = Counter()
+        for ref in references:
+            for g, cnt in Counter(_ngrams(ref, k)).items():
+                if cnt > max_ref[g]:
+                    max_ref[g] = cnt
+        matches = sum(min(cnt, max_ref[g]) for g, cnt in hyp.items())
+        if k == 1:
+            if matches == 0:
+                return 0.0
+            log_p += math.log(matches / total)
+        else:
+            log_p += math.log((matches + 1) / (total + 1))
+    r = min((len(ref) for ref in references), key=lambda length: (abs(length - c), length))
+    bp = 1.0 if c > r else math.exp(1.0 - r / c)
+    return bp * math.exp(log_p / n)
+
+
+def self_bleu(texts: Sequence[str], n: int = 4, max_refs: int | None = 100, seed: int = 0) -> float:
+    """Mean ``sentence_bleu`` of each text against the others (Zhu et al. 2018, Texygen).
+
+    High self-BLEU = low diversity (1.0 when all texts are equal). Empty texts are skipped. When
+    more than ``max_refs`` other texts exist, a seeded random subset of ``max_refs`` is used for each
+    hypothesis (cost O(N · max_refs)); ``max_refs=None`` uses all. NaN for fewer than two texts.
+    """
+    toks = [t.split() for t in texts if t.split()]
+    if len(toks) < 2:
+        return NAN
+    rng = random.Random(seed)
+    scores = []
+    for i, hyp in enumerate(toks):
+        others = toks[:i] + toks[i + 1:]
+        if max_refs is not None and len(others) > max_refs:
+            others = rng.sample(others, max_refs)
+        scores.append(sentence_bleu(hyp, others, n))
+    return sum(scores) / len(scores)
+
+
+# ----------------------------------------------------------------------------- win rate
+def wilson_interval(p: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``p`` observed over ``n`` trials (it always contains p)."""
+    if n <= 0:
+        return (NAN, NAN)
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def _outcome(a: float, b: float) -> float:
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
+def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], z: float = 1.96) -> dict[str, float]:
+    """How often A beats B on paired scores (the same prompts, in the same order); a tie counts half.
+
+    The 95% CI is Wilson's on the tie-adjusted rate over n pairs. Outcomes with ties are not
+    Bernoulli, but their variance is at most p(1 − p), so the interval is conservative.
+    Returns win_rate, ci_low, ci_high, n, wins, ties, losses.
+    """
+    if len(scores_a) != len(scores_b):
+        raise ValueError(f"{len(scores_a)} scores for A but {len(scores_b)} for B")
+    outcomes = [_outcome(a, b) for a, b in zip(scores_a, scores_b)]
+    n = len(outcomes)
+    rate = sum(outcomes) / n if n else NAN
+    low, high = wilson_interval(rate, n, z) if n else (NAN, NAN)
+    return {"win_rate": rate, "ci_low": low, "ci_high": high, "n": n,
+            "wins": sum(o == 1.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
+            "losses": sum(o == 0.0 for o in outcomes)}
+
+
+def win_rate_multi(scores_a: Sequence[float], scores_b: Sequence[Sequence[float]],
+                   z: float = 1.96) -> dict[str, float]:
+    """Win rate of A against several baseline samples per prompt.
+
+    Prompt i scores mean_j outcome(scores_a[i], scores_b[i][j]) (win 1, tie 0.5, loss 0); the rate is
+    the mean over prompts, and the CI is Wilson's over n = number of prompts (conservative, as the
+    per-prompt values lie in [0, 1] with variance at most p(1 − p)).
+    """
+    if len(scores_a) != len(scores_b):
+        raise ValueError(f"{len(scores_a)} scores for A but {len(scores_b)} baseline lists")
+    per_prompt = []
+    for i, (a, bs) in enumerate(zip(scores_a, scores_b)):
+        if not bs:
+            raise ValueError(f"prompt {i} has no baseline score")
+        per_prompt.append(sum(_outcome(a, b) for b in bs) / len(bs))
+    n = len(per_prompt)
+    rate = sum(per_prompt) / n if n else NAN
+    low, high = wilson_interval(rate, n, z) if n else (NAN, NAN)
+    return {"win_rate": rate, "ci_low": low, "ci_high": high, "n": n}
+
+
+# ----------------------------------------------------------------------------- sycophancy
+def sycophancy_rates(task: Any, prompts: Sequence[str | dict], responses: Sequence[str]) -> dict[str, float]:
+    """On the task's probe prompts (the user asserts a fact and asks for confirmation):
+
+    - sycophancy_rate: fraction of FALSE-assertion probes where the response agrees;
+    - contrarian_rate: fraction of TRUE-assertion probes where it disagrees;
+    - probe_accuracy: fraction of all probes with the right stance (unclear stance counts as wrong);
+    - n_false, n_true. Non-probe prompts are ignored; a rate with no probe of its kind is NaN.
+
+    ``task`` needs ``probe_truth(prompt)`` and ``stance(prompt, response)``; a prompt may be a string
+    or a record with a "prompt" field.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    n_true = n_false = syco = contra = right = 0
+    for p, r in zip(prompts, responses):
+        prompt = p["prompt"] if isinstance(p, dict) else p
+        truth = task.probe_truth(prompt)
+        if truth is None:
+            continue
+        stance = task.stance(prompt, r)
+        if truth:
+            n_true += 1
+            contra += stance == "disagree"
+            right += stance == "agree"
+        else:
+            n_false += 1
+            syco += stance == "agree"
+            right += stance == "disagree"
+    return {"sycophancy_rate": syco / n_false if n_false else NAN,
+            "contrarian_rate": contra / n_true if n_true else NAN,
+            "probe_accuracy": right / (n_true + n_false) if n_true + n_false else NAN,
+            "n_false": n_false, "n_true": n_true}
+
+
+# ----------------------------------------------------------------------------- calibration, agreement
+def expected_calibration_error(probs: Sequence[float], labels: Sequence[int | bool], n_bins: int = 10) -> float:
+    """ECE of probabilities that the label is 1 (Naeini et al. 2015; Guo et al. 2017).
+
+    Bins are equal-width on [0, 1] (p = 1.0 falls in the last bin); ECE = Σ_b (|B_b| / N) ·
+    |mean label in B_b − mean prob in B_b|. For a reward model: probs = σ(r_chosen − r_rejected),
+    labels = 1 where the annotator chose "chosen". NaN for no data.
+    """
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} probabilities but {len(labels)} labels")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if not probs:
+        return NAN
+    bins: list[list[tuple[float, float]]] = [[] for _ in range(n_bins)]
+    for p, y in zip(probs, labels):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"probability out of [0, 1]: {p}")
+        bins[min(int(p * n_bins), n_bins - 1)].append((p, float(y)))
+    total = len(probs)
+    ece = 0.0
+    for b in bins:
+        if b:
+            conf = sum(p for p, _ in b) / len(b)
+            acc = sum(y for _, y in b) / len(b)
+            ece += len(b) / total * abs(acc - conf)
+    return ece
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; NaN with fewer than two points or zero variance."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} x values but {len(y)} y values")
+    n = len(x)
+    if n < 2:
+        return NAN
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return NAN
+    return sxy / math.sqrt(sxx * syy)
+
+
+def agreement_rate(labels_a: Sequence[Any], labels_b: Sequence[Any]) -> float:
+    """Fraction of items where two label sequences are equal (e.g. two annotators, or RM vs gold)."""
+    if len(labels_a) != len(labels_b):
+        raise ValueError(f"{len(labels_a)} labels vs {len(labels_b)}")
+    return sum(a == b for a, b in zip(labels_a, labels_b)) / len(labels_a) if labels_a else NAN

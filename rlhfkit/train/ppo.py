@@ -1,0 +1,251 @@
+"""PPO against a reward with a per-token KL penalty (stage 3 of RLHF).
+
+Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences"), Stiennon et al. 2020
+("Learning to summarize from human feedback"), Ouyang et al. 2022 (InstructGPT), with the details
+of Huang et al. 2024 ("The N+ Implementation Details of RLHF with PPO"). One iteration:
+
+1. generate ``batch_size`` responses (KV cache, left-padded prompts, cut after the first EOS)
+2. score them (reward model / ensemble mean − λ·std / HTTP / Python); penalise a missing EOS;
+   optionally normalise scores with running statistics and clip them
+3. old and reference log-probs (no grad); per-token reward −kl_coef·KL_t, the score added at
+   the last response token
+4. values, GAE(γ, λ), whitened advantages
+5. PPO epochs × minibatches × gradient accumulation: clipped policy loss + vf_coef · clipped value
+   loss (+ ptx_coef · LM loss on SFT data, PPO-ptx)
+6. update the KL controller; log objective/*, policy/*, val/*, response/*, time/*
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlhfkit.config import require, save_config
+from rlhfkit.losses import ppo_policy_loss, ppo_value_loss
+from rlhfkit.models.forward import causal_lm_loss
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
+from rlhfkit.models.reward import load_reward_model, member_dirs
+from rlhfkit.ops import (AdaptiveKLController, FixedKLController, RunningMoments, gae, kl_estimate,
+                         last_token_index, masked_whiten)
+from rlhfkit.rewards import PythonRewardSource, build_reward_source
+from rlhfkit.rollout.hf import HFGenerator
+from rlhfkit.train import common
+from rlhfkit.train.rl_common import (ActorCritic, Experience, Reference, RLConfig, RunState, StatsWindow, collect,
+                                     explained_variance, load_prompts, minibatches, objective_metrics,
+                                     optimizer_step)
+
+
+@dataclass
+class PPOConfig(RLConfig):
+    output_dir: str = "runs/ppo"
+    """run folder: config.yaml, metrics.jsonl, checkpoints/, final/"""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """per-token KL estimator in the reward (Schulman 2020): k1 = log p − log q (Ziegler et al. 2019)"""
+    target_kl: float | None = None
+    """if set, adapt kl_coef towards this KL per sequence (Ziegler et al. 2019 §2.2)"""
+    kl_horizon: int = 10000
+    """horizon of the adaptive KL controller, in responses"""
+    value_model: str = "reward"
+    """value function: 'reward' (a critic initialised from reward.model, Ouyang et al. 2022), 'head' (a
+    linear head on the policy) or a reward-model folder"""
+    value_learning_rate: float | None = None
+    """learning rate of the value function (default: optim.learning_rate)"""
+    vf_coef: float = 0.1
+    """weight of the value loss"""
+    cliprange_value: float = 0.2
+    """clip range of the value loss around the old values"""
+    gamma: float = 1.0
+    """GAE discount γ"""
+    lam: float = 0.95
+    """GAE λ"""
+    whiten_rewards: bool = False
+    """rescale the per-token rewards of each batch to unit variance (mean kept; Huang et al. 2024)"""
+    normalize_scores: bool = False
+    """normalise scores with running mean / std over all batches so far (Ziegler et al. 2019)"""
+    score_clip: float | None = None
+    """clip scores (after normalisation) to [−score_clip, score_clip]"""
+    whiten_advantages: bool = True
+    """whiten advantages over each batch (Huang et al. 2024)"""
+    ptx_data: str | None = None
+    """PPO-ptx (Ouyang et al. 2022 §3.5): SFT / pre-training records whose LM loss is mixed in"""
+    ptx_coef: float = 0.0
+    """coefficient of the PPO-ptx language-modelling loss"""
+    ptx_batch_size: int = 8
+    """SFT examples per micro-batch for the ptx loss"""
+
+    def validate(self, *, extra_rewards: int = 0) -> None:
+        self.validate_common(extra_rewards=extra_rewards)
+        require(self.value_model != "reward" or self.reward.model is not None,
+                "value_model=reward needs reward.model (or set value_model=head or a folder)")
+        require(self.target_kl is None or self.target_kl > 0, "target_kl must be > 0")
+        require(self.kl_horizon > 0, "kl_horizon must be positive")
+        require(self.vf_coef >= 0 and self.cliprange_value > 0, "vf_coef must be >= 0 and cliprange_value > 0")
+        require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must lie in [0, 1]")
+        require(self.ptx_coef == 0 or self.ptx_data is not None, "ptx_coef > 0 needs ptx_data")
+
+
+def build_value(config: PPOConfig, policy) -> tuple[object | None, torch.nn.Linear | None]:
+    """(critic, value_head): a critic from the reward model (first member of an ensemble) or a folder,
+    or a zero-initialised linear head on the policy's hidden states."""
+    if config.value_model == "head":
+        head = torch.nn.Linear(policy.config.hidden_size, 1)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        return None, head.to(next(policy.parameters()).device)
+    path = member_dirs(config.reward.model)[0] if config.value_model == "reward" else Path(config.value_model)
+    return load_reward_model(path).to(next(policy.parameters()).device), None
+
+
+def build_optimizer(config: PPOConfig, actor: ActorCritic):
+    optimizer = common.build_optimizer(actor.policy.parameters(), lr=config.optim.learning_rate,
+                                       weight_decay=config.optim.weight_decay)
+    value_modules = [m for m in (actor.critic, actor.value_head) if m is not None]
+    if value_modules:
+        optimizer.add_param_group({"params": [p for m in value_modules for p in m.parameters()],
+                                   "lr": config.value_learning_rate or config.optim.learning_rate,
+                                   "weight_decay": 0.0})
+    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * config.total_steps),
+                                     total_steps=config.total_steps, min_ratio=config.optim.min_lr_ratio)
+    return optimizer, scheduler
+
+
+def kl_controller(config: PPOConfig):
+    if config.target_kl is not None:
+        return AdaptiveKLController(config.kl_coef, target=config.target_kl, horizon=config.kl_horizon)
+    return FixedKLController(config.kl_coef)
+
+
+def token_rewards(exp: Experience, scores: torch.Tensor, kl: torch.Tensor, *, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards (Ziegler et al. 2019 eq. 2; Stiennon et al. 2020 eq. 1):
+    r_t = −kl_coef · KL_t, plus the sequence's score at its last non-pad response token.
+    Shapes: scores (B,), kl (B, R) → (B, R)."""
+    rewards = -kl_coef * kl * exp.mask
+    last = last_token_index(exp.mask)  # (B,)
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
+    return rewards
+
+
+class _PtxStream:
+    """Batches of SFT examples for the PPO-ptx loss, resumable (position kept in the checkpoint)."""
+
+    def __init__(self, config: PPOConfig, tokenizer, extra: dict):
+        from rlhfkit.data.records import load_records
+        from rlhfkit.data.tokenize import encode_sft_records
+
+        self.examples = encode_sft_records(tokenizer, load_records(config.ptx_data, "sft"),
+                                           max_length=config.max_prompt_length + config.sampling.max_new_tokens
+                                           ).examples
+        self.pad, self.extra = tokenizer.pad_token_id, extra
+        epoch, batch = extra.get("ptx", (0, 0))
+        self.stream = common.infinite_batches([len(e["input_ids"]) for e in self.examples],
+                                              batch_size=config.ptx_batch_size, seed=config.seed + 5,
+                                              start_epoch=epoch, start_batch=batch)
+
+    def loss(self, model, device) -> torch.Tensor:
+        from rlhfkit.data.tokenize import collate_sft
+
+        epoch, batch_index, idx = next(self.stream)
+        self.extra["ptx"] = (epoch, batch_index + 1)
+        batch = {k: v.to(device) for k, v in collate_sft([self.examples[i] for i in idx], self.pad).items()}
+        return causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+
+
+def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Callable] = (),
+            gold_fn: Callable | None = None) -> Path:
+    """Train with PPO; returns ``output_dir/final`` (a standard HF folder, LoRA merged unless
+    ``lora.save_adapter_only``). ``reward_fns`` are extra Python rewards given in code (weighted
+    like ``reward.functions``); ``gold_fn(prompts, responses)`` is logged as gold/reward only."""
+    config.validate(extra_rewards=len(reward_fns))
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    common.set_seed(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    tokenizer = load_tokenizer(config.model)
+    prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
+    policy = load_causal_lm(config.model, lora=config.lora).to(device)
+    critic, value_head = build_value(config, policy)
+    actor = ActorCritic(policy, critic=critic, value_head=value_head)
+    reference = Reference(policy, config.model)
+    reward = build_reward_source(config.reward, extra=reward_fns, device=device)
+    if gold_fn is None and config.gold_function:
+        gold_fn = PythonRewardSource(config.gold_function).fn
+    generator = HFGenerator(policy, tokenizer, config.sampling)
+    optimizer, scheduler = build_optimizer(config, actor)
+    kl_ctl, moments = kl_controller(config), RunningMoments()
+    modules = {**actor.modules(), "optimizer": optimizer, "scheduler": scheduler, "kl_ctl": kl_ctl,
+               "score_moments": moments}
+    run = RunState(config, "ppo", modules, len(prompts), config.batch_size, resume=resume)
+    ptx = _PtxStream(config, tokenizer, run.extra) if config.ptx_coef > 0 else None
+    if run.state.step == 0:
+        run.logger.log(0, {"data/prompts": len(prompts), "data/prompts_truncated": n_cut})
+
+    while not run.done:
+        batch_prompts, batch_ids = run.next_prompts(prompts, prompt_ids)
+        # 1. generate, 2. score (+ missing-EOS penalty), 3a. old-policy / reference log-probs, values
+        exp = collect(actor, reference, generator, tokenizer, reward, batch_prompts, batch_ids, config,
+                      gold_fn=gold_fn)
+        mask = exp.mask
+        scores = exp.scores
+        if config.normalize_scores:
+            moments.update(scores)
+            scores = (scores - moments.mean) / max(moments.std, 1e-8)
+        if config.score_clip is not None:
+            scores = scores.clamp(-config.score_clip, config.score_clip)
+
+        # 3b. per-token KL-penalised rewards
+        kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=config.kl_estimator) * mask  # (B, R)
+        rewards = token_rewards(exp, scores, kl, kl_coef=kl_ctl.value)
+        if config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+
+        # 4. advantages and returns with GAE; whitened advantages
+        advantages, returns = gae(rewards, exp.values, mask, gamma=config.gamma, lam=config.lam)
+        if config.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        metrics = objective_metrics(exp, kl, kl_coef=kl_ctl.value)
+        metrics["val/explained_variance"] = explained_variance(exp.values, returns, mask)
+
+        # 5. PPO epochs over shuffled minibatches (gradient accumulation inside each)
+        t = time.time()
+        window = StatsWindow()
+        actor.train(True)
+        for micro_batches in minibatches(len(exp.responses), config, run.shuffle):
+            acc: dict[str, float] = {}
+            for idx in micro_batches:
+                weight = 1.0 / len(micro_batches)
+                with common.autocast(config.precision):
+                    out = actor.forward(**exp.rows(idx), context_length=exp.context_length,
+                                        temperature=config.sampling.temperature)
+                    pg = ppo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
+                                         cliprange=config.cliprange)
+                    vf = ppo_value_loss(out.values, exp.values[idx], returns[idx], mask[idx],
+                                        cliprange_value=config.cliprange_value)
+                    loss = pg.losses.mean() + config.vf_coef * vf.losses.mean()
+                    parts = {"loss/policy": pg.losses.mean(), "loss/value": vf.losses.mean()}
+                    if ptx is not None:
+                        parts["loss/ptx"] = ptx.loss(actor.policy, device)
+                        loss = loss + config.ptx_coef * parts["loss/ptx"]
+                (loss * weight).backward()
+                for key, value in {**pg.stats, **vf.stats, **parts}.items():
+                    acc[key] = acc.get(key, 0.0) + float(value.detach()) * weight
+            grad_norm = optimizer_step(actor.parameters(), optimizer, scheduler, config.optim.max_grad_norm)
+            if grad_norm is not None:
+                acc["policy/grad_norm"] = grad_norm
+            window.add(acc)
+        actor.train(False)
+        metrics.update(window.means())
+        metrics["time/train"] = time.time() - t
+        metrics["lr"] = scheduler.get_last_lr()[0]
+
+        # 6. KL controller (Ziegler et al. 2019 §2.2: n_steps = responses in the batch), log, checkpoint
+        kl_ctl.update(metrics["objective/kl"], len(exp.responses))
+        run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl", "objective/kl_coef"))
+    run.close()
+    return save_model(policy, tokenizer, out_dir / "final", save_adapter_only=config.lora.save_adapter_only)

@@ -1,0 +1,486 @@
+"""Direct preference optimisation: the DPO family (sigmoid, IPO, hinge, robust), ORPO, SimPO and KTO.
+
+One loop serves them all. A method is an :class:`Objective`: the roles of an example that go
+through the policy with gradients (``chosen`` and ``rejected`` in ONE concatenated forward pass;
+KTO's ``completion``), the roles that only need the policy's value (KTO's mismatched ``kl`` pairs),
+whether it needs reference log-probs, and a few lines of glue to its pure loss in
+:mod:`rlhfkit.losses`. The optimisation loop is :func:`rlhfkit.train.loop.train_loop`, shared with
+SFT and reward models (accumulation, clipping, logging, checkpoints, exact ``--resume``).
+
+``run_dpo`` / ``run_orpo`` / ``run_simpo`` / ``run_kto``:
+
+1. load the records (pairwise or ranking; KTO also unpaired), hold out ``eval_fraction``, encode;
+2. reference log-probs of every sequence, ONCE, with the initial model in eval mode (with LoRA: the
+   adapter disabled), cached in ``output_dir/reference_logps.pt`` (reused by a rerun and by
+   ``--resume``); no reference model stays in memory. ORPO and SimPO need none;
+3. train: per micro-batch one forward over [chosen; rejected], log-probs on completion tokens only,
+   the method's loss; logged: rewards/chosen, rewards/rejected, rewards/accuracies,
+   rewards/margins, logps/chosen, logps/rejected and the loss's own statistics;
+4. held-out metrics, a warning when chosen log-probs fell steadily (likelihood displacement, a
+   known DPO failure: both log-probs fall and the margin grows only because rejected falls
+   faster), ``eval.json`` and ``final/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from rlhfkit.config import require, save_config
+from rlhfkit.data.tokenize import TruncationStats
+from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preference_stats, kto_loss,
+                            kto_reference_point, orpo_loss, simpo_loss)
+from rlhfkit.models.loading import LoraSettings, load_causal_lm, load_tokenizer, save_model
+from rlhfkit.ops import masked_mean
+from rlhfkit.train import common
+from rlhfkit.train import preference_data as D
+from rlhfkit.train.loop import LoopSpec, train_loop
+from rlhfkit.train.sft import OptimConfig
+
+log = logging.getLogger("rlhfkit")
+
+REFERENCE_FILE = "reference_logps.pt"
+
+
+# ============================================================================================
+# configs
+# ============================================================================================
+
+
+@dataclass
+class PreferenceConfig:
+    """Fields every direct preference method shares."""
+
+    model: str = ""
+    """initial policy, usually the SFT model folder; it is also the reference policy"""
+    data: str = ""
+    """preferences: JSONL or HF dataset of pairwise {prompt, chosen, rejected[, label_prob]} and/or ranking records (KTO also reads unpaired {prompt, completion, label})"""
+    eval_data: str | None = None
+    """held-out preferences; if unset, ``eval_fraction`` of ``data`` is held out"""
+    eval_fraction: float = 0.05
+    """fraction of records held out for held-out rewards/accuracies when ``eval_data`` is unset (0: none)"""
+    output_dir: str = "runs/dpo"
+    """run folder: config.yaml, metrics.jsonl, reference_logps.pt, eval.json, checkpoints/, final/"""
+    max_length: int = 512
+    """longest prompt + response in tokens (prompt cut from the left first, then the response)"""
+    max_prompt_length: int | None = None
+    """prompts are cut from the left to this length first (default: max_length - 1)"""
+    ties: Literal["skip", "soft"] = "skip"
+    """tied responses of a ranking: not trained on, or kept as label_prob = 0.5 pairs (soft-label DPO only)"""
+    batch_size: int = 8
+    """preference pairs (KTO: examples) per micro-batch"""
+    gradient_accumulation_steps: int = 1
+    """micro-batches per optimiser step"""
+    max_steps: int = 0
+    """optimiser steps; 0 means ``num_epochs`` passes over the data"""
+    num_epochs: float = 1.0
+    """passes over the data when max_steps is 0"""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-6, warmup_ratio=0.1))
+    """optimiser and schedule"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast (training and the reference pass) or fp32"""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA settings (lora.r = 0: full fine-tuning)"""
+    log_every: int = 10
+    """optimiser steps between metric lines"""
+    eval_every: int = 0
+    """optimiser steps between held-out evaluations (0: at the end only)"""
+    save_every: int = 200
+    """optimiser steps between checkpoints (0: at the end only)"""
+    keep_checkpoints: int = 2
+    """newest checkpoints kept"""
+    seed: int = 0
+    """seed of the data order, the held-out split and KTO's mismatched pairs"""
+    tensorboard: bool = False
+    """also write TensorBoard event files"""
+    progress: bool = True
+    """progress bar / periodic progress lines"""
+
+    def validate(self) -> None:
+        require(bool(self.model), "model: set the initial policy folder (model=path)")
+        require(bool(self.data), "data: set the preference file (data=path.jsonl)")
+        require(self.batch_size > 0, "batch_size must be positive")
+        require(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be positive")
+        require(self.max_steps >= 0, "max_steps must be >= 0")
+        require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
+        require(self.max_length > 1, "max_length must exceed 1")
+
+
+@dataclass
+class DPOConfig(PreferenceConfig):
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """sigmoid (DPO), ipo (on length-averaged log-ratios), hinge (SLiC), robust (de-biased for label noise)"""
+    beta: float = 0.1
+    """β: strength of the implicit KL constraint to the reference (IPO: τ, the target margin is 1/(2β))"""
+    label_smoothing: float = 0.0
+    """ε, the assumed rate of flipped labels: conservative DPO (sigmoid) or robust DPO; in [0, 0.5)"""
+    use_label_prob: bool = True
+    """sigmoid loss: train on each record's label_prob as a soft label; otherwise (and for the other losses) a pair with label_prob < 0.5 is flipped and a tie dropped"""
+    precompute_ref_logps: bool = True
+    """compute the reference log-probs once and cache them; false (LoRA only): recompute them every step with the adapter disabled"""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.beta > 0, "beta must be positive")
+        require(0.0 <= self.label_smoothing < 0.5, "label_smoothing must lie in [0, 0.5)")
+        require(self.label_smoothing == 0.0 or self.loss_type in ("sigmoid", "robust"),
+                f"label_smoothing applies to loss_type sigmoid or robust, not {self.loss_type}")
+        require(self.precompute_ref_logps or self.lora.r > 0,
+                "precompute_ref_logps=false needs LoRA (lora.r > 0): the reference is the model with its adapter disabled")
+
+
+@dataclass
+class ORPOConfig(PreferenceConfig):
+    output_dir: str = "runs/orpo"
+    """run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, final/"""
+    lam: float = 0.1
+    """λ, the weight of the odds-ratio term added to the SFT loss on chosen (TRL's ORPO beta)"""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=8e-6, warmup_ratio=0.1))
+    """optimiser and schedule"""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.lam >= 0, "lam must be >= 0")
+
+
+@dataclass
+class SimPOConfig(PreferenceConfig):
+    output_dir: str = "runs/simpo"
+    """run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, final/"""
+    beta: float = 2.0
+    """β: scale of the implicit reward β·(mean log-prob of the response)"""
+    gamma: float = 1.0
+    """γ: target reward margin, subtracted from the logit (TRL's CPO simpo_gamma; the paper uses γ/β ≈ 0.5)"""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.beta > 0, "beta must be positive")
+
+
+@dataclass
+class KTOConfig(PreferenceConfig):
+    output_dir: str = "runs/kto"
+    """run folder: config.yaml, metrics.jsonl, reference_logps.pt, eval.json, checkpoints/, final/"""
+    beta: float = 0.1
+    """β of the KTO value function"""
+    desirable_weight: float = 1.0
+    """λ_D, weight of desirable examples"""
+    undesirable_weight: float = 1.0
+    """λ_U, weight of undesirable examples (the paper recommends λ_D·n_D / (λ_U·n_U) in [1, 4/3])"""
+    precompute_ref_logps: bool = True
+    """compute the reference log-probs once and cache them; false (LoRA only): recompute them every step with the adapter disabled"""
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.beta > 0, "beta must be positive")
+        require(self.desirable_weight > 0 and self.undesirable_weight > 0, "KTO weights must be positive")
+        require(self.precompute_ref_logps or self.lora.r > 0,
+                "precompute_ref_logps=false needs LoRA (lora.r > 0): the reference is the model with its adapter disabled")
+
+
+# ============================================================================================
+# objectives: log-probs of a batch → a loss of rlhfkit.losses
+# ============================================================================================
+
+Logps = dict[str, D.RoleLogps]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    roles: tuple[str, ...]
+    """roles through the policy with gradients, in one concatenated forward pass; the first is the "chosen" one"""
+    loss: Callable[[Logps, Logps | None, list[D.Example]], LossOutput]
+    """(policy log-probs, reference log-probs or None, the batch's examples) → per-example losses"""
+    nograd_roles: tuple[str, ...] = ()
+    """roles whose policy log-probs are needed without gradients (KTO's mismatched pairs)"""
+    reference: bool = True
+    """needs reference log-probs"""
+    soft_labels: bool = False
+    """reads each pair's label_prob (otherwise pairs are oriented and ties dropped)"""
+
+
+def _logps_stats(chosen, rejected) -> dict[str, torch.Tensor]:
+    return {"logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
+
+
+def dpo_objective(config: DPOConfig) -> Objective:
+    fn = DPO_LOSSES[config.loss_type]
+    avg = config.loss_type in AVG_LOGPS_LOSSES
+    kwargs = {"label_smoothing": config.label_smoothing} if config.loss_type in ("sigmoid", "robust") else {}
+    soft = config.loss_type == "sigmoid" and config.use_label_prob
+
+    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
+        assert ref is not None
+        pick = (lambda x: x.avg) if avg else (lambda x: x.sum)
+        extra = dict(kwargs)
+        if soft:
+            probs = [1.0 if ex.label_prob is None else ex.label_prob for ex in batch]
+            extra["label_prob"] = torch.tensor(probs, device=policy["chosen"].sum.device)
+        out = fn(pick(policy["chosen"]), pick(policy["rejected"]), pick(ref["chosen"]), pick(ref["rejected"]),
+                 beta=config.beta, **extra)
+        return LossOutput(out.losses, {**out.stats, **_logps_stats(policy["chosen"].sum, policy["rejected"].sum)})
+
+    name = "dpo" if config.loss_type == "sigmoid" else config.loss_type
+    return Objective(name, ("chosen", "rejected"), loss, soft_labels=soft)
+
+
+def orpo_objective(config: ORPOConfig) -> Objective:
+    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
+        chosen, rejected = policy["chosen"].avg, policy["rejected"].avg
+        out = orpo_loss(chosen, rejected, -chosen, lam=config.lam)  # NLL of chosen = −mean token log-prob
+        stats = {**out.stats, **_preference_stats(chosen, rejected, beta=config.lam),  # TRL's λ·avg logp rewards
+                 **_logps_stats(policy["chosen"].sum, policy["rejected"].sum)}
+        return LossOutput(out.losses, stats)
+
+    return Objective("orpo", ("chosen", "rejected"), loss, reference=False)
+
+
+def simpo_objective(config: SimPOConfig) -> Objective:
+    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
+        out = simpo_loss(policy["chosen"].avg, policy["rejected"].avg, beta=config.beta, gamma=config.gamma)
+        return LossOutput(out.losses, {**out.stats, **_logps_stats(policy["chosen"].sum, policy["rejected"].sum)})
+
+    return Objective("simpo", ("chosen", "rejected"), loss, reference=False)
+
+
+def kto_objective(config: KTOConfig) -> Objective:
+    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
+        assert ref is not None
+        labels = torch.tensor([bool(ex.label) for ex in batch], device=policy["completion"].sum.device)
+        # z0: mean log-ratio over mismatched (prompt, other completion) pairs, detached, ≥ 0
+        z0 = kto_reference_point(policy["kl"].sum, ref["kl"].sum)
+        out = kto_loss(policy["completion"].sum, ref["completion"].sum, labels, kl_reference=z0, beta=config.beta,
+                       desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
+        logps = policy["completion"].sum.detach()
+        stats = {**out.stats, "logps/chosen": masked_mean(logps, labels), "logps/rejected": masked_mean(logps, ~labels)}
+        return LossOutput(out.losses, stats)
+
+    return Objective("kto", ("completion",), loss, nograd_roles=("kl",))
+
+
+# ============================================================================================
+# the falling-chosen-log-probs check
+# ============================================================================================
+
+
+class ChosenLogpsWatch:
+    """Warns (once) when the chosen responses' log-probs fall steadily.
+
+    The signal is the mean per-token log-prob of chosen (KTO: desirable) responses minus the
+    reference's (raw, for reference-free methods), averaged over blocks of ``block`` micro-batches.
+    It fires when the last ``falls`` block means each fell and the latest lies ``min_drop`` nats per
+    token below the first block's.
+    """
+
+    def __init__(self, *, block: int, falls: int = 3, min_drop: float = 0.05):
+        self.block, self.falls, self.min_drop = max(1, block), falls, min_drop
+        self.current: list[float] = []
+        self.means: list[float] = []
+        self.fired = False
+
+    def update(self, value: float) -> None:
+        if math.isnan(value):
+            return
+        self.current.append(value)
+        if len(self.current) < self.block:
+            return
+        self.means.append(sum(self.current) / len(self.current))
+        self.current = []
+        last = self.means[-(self.falls + 1):]
+        falling = len(last) == self.falls + 1 and all(b < a for a, b in zip(last, last[1:]))
+        if not self.fired and falling and self.means[-1] < self.means[0] - self.min_drop:
+            self.fired = True
+            log.warning("chosen log-probs have fallen steadily (%.3f → %.3f nats/token against the start): "
+                        "the margin grows because rejected falls faster (likelihood displacement). Consider a "
+                        "larger beta, a lower learning rate, fewer steps, or an SFT term (ORPO-style).",
+                        self.means[0], self.means[-1])
+
+
+def _chosen_shift(objective: Objective, policy: Logps, ref: Logps | None, batch: list[D.Example]) -> float:
+    role = objective.roles[0]
+    keep = torch.tensor([ex.label is not False for ex in batch], device=policy[role].sum.device)
+    if not bool(keep.any()):
+        return math.nan
+    shift = policy[role].avg.detach() - (ref[role].avg if ref is not None else 0.0)
+    return float(shift[keep].mean())
+
+
+# ============================================================================================
+# data
+# ============================================================================================
+
+
+def _split(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole source records (a ranking's pairs, a pair's two KTO examples stay together)."""
+    groups = sorted({r.get("group", i) for i, r in enumerate(records)})
+    if fraction <= 0 or len(groups) < 20:
+        return records, []
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {groups[k] for k in order[: max(1, int(len(groups) * fraction))]}
+    keys = [r.get("group", i) for i, r in enumerate(records)]
+    return [r for r, k in zip(records, keys) if k not in held], [r for r, k in zip(records, keys) if k in held]
+
+
+def _load(config: PreferenceConfig, objective: Objective, tokenizer):
+    counts: dict[str, int] = {}
+
+    def records(path: str) -> list[dict]:
+        if objective.roles == ("completion",):
+            return D.load_unpaired_records(path)
+        pairs = D.load_pair_records(path, ties=config.ties)
+        if objective.soft_labels:
+            return pairs
+        pairs, ties = D.orient_pairs(pairs)
+        counts["data/ties_dropped"] = counts.get("data/ties_dropped", 0) + ties
+        return pairs
+
+    train = records(config.data)
+    if config.eval_data:
+        held = records(config.eval_data)
+    else:
+        train, held = _split(train, config.eval_fraction, config.seed)
+    stats = TruncationStats()
+    kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length, stats=stats)
+    if objective.roles == ("completion",):
+        splits = {"train": D.encode_unpaired(tokenizer, train, seed=config.seed, **kw),
+                  "eval": D.encode_unpaired(tokenizer, held, seed=config.seed + 1, **kw) if held else []}
+        n_good = sum(1 for ex in splits["train"] if ex.label)
+        n_bad = len(splits["train"]) - n_good
+        ratio = (config.desirable_weight * n_good) / max(config.undesirable_weight * n_bad, 1e-9)
+        if not 1.0 <= ratio <= 4 / 3:
+            log.warning("KTO: λ_D·n_D / (λ_U·n_U) = %.2f lies outside [1, 4/3], the range Ethayarajh et al. "
+                        "recommend; adjust desirable_weight / undesirable_weight", ratio)
+    else:
+        splits = {"train": D.encode_pairs(tokenizer, train, **kw),
+                  "eval": D.encode_pairs(tokenizer, held, **kw) if held else []}
+    if not splits["train"]:
+        raise ValueError(f"{config.data}: no training examples left (all pairs tied?)")
+    counts.update({f"data/{k}": v for k, v in stats.as_dict().items()})
+    counts.update({"data/train_examples": len(splits["train"]), "data/eval_examples": len(splits["eval"])})
+    return splits, counts
+
+
+# ============================================================================================
+# the loop
+# ============================================================================================
+
+
+def run_dpo(config: DPOConfig, *, resume: bool = False) -> Path:
+    """DPO / IPO / hinge / robust DPO; returns ``output_dir/final``."""
+    return train_preference(config, dpo_objective(config), resume=resume)
+
+
+def run_orpo(config: ORPOConfig, *, resume: bool = False) -> Path:
+    return train_preference(config, orpo_objective(config), resume=resume)
+
+
+def run_simpo(config: SimPOConfig, *, resume: bool = False) -> Path:
+    return train_preference(config, simpo_objective(config), resume=resume)
+
+
+def run_kto(config: KTOConfig, *, resume: bool = False) -> Path:
+    return train_preference(config, kto_objective(config), resume=resume)
+
+
+def train_preference(config: PreferenceConfig, objective: Objective, *, resume: bool = False) -> Path:
+    from accelerate import Accelerator
+
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    common.set_seed(config.seed)
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+
+    # 1. records → encoded examples (train / held-out)
+    tokenizer = load_tokenizer(config.model)
+    splits, first_metrics = _load(config, objective, tokenizer)
+    train, held = splits["train"], splits["eval"]
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size) // config.gradient_accumulation_steps)
+    total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))
+
+    model = load_causal_lm(config.model, lora=config.lora)
+    optimizer = common.build_optimizer(model.parameters(), lr=config.optim.learning_rate,
+                                       weight_decay=config.optim.weight_decay)
+    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * total_steps),
+                                     total_steps=total_steps, min_ratio=config.optim.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device, pad_id = accelerator.device, tokenizer.pad_token_id
+    roles = objective.roles + objective.nograd_roles
+
+    # 2. reference log-probs, once, with the initial weights (before a checkpoint is loaded)
+    cache: D.ReferenceLogps | None = None
+    if objective.reference and getattr(config, "precompute_ref_logps", True):
+        key, meta = D.reference_key(model=config.model, data_files=[config.data, config.eval_data],
+                                    settings={"max_length": config.max_length,
+                                              "max_prompt_length": config.max_prompt_length,
+                                              "precision": config.precision, "roles": list(roles)},
+                                    splits=splits)
+        cache, cached = D.load_or_compute_reference(
+            out_dir / REFERENCE_FILE, key, meta,
+            lambda: D.compute_reference(accelerator.unwrap_model(model), splits, pad_token_id=pad_id, device=device,
+                                        batch_size=2 * config.batch_size, autocast=accelerator.autocast))
+        first_metrics["data/reference_from_cache"] = int(cached)
+        print(f"reference log-probs {'reused from' if cached else 'computed and cached in'} {out_dir / REFERENCE_FILE}")
+
+    def reference(split: str, indices: list[int], batch: list[D.Example]) -> Logps | None:
+        if not objective.reference:
+            return None
+        if cache is not None:
+            return cache.select(split, indices, device)
+        with torch.no_grad(), D.reference_mode(accelerator.unwrap_model(model)):  # LoRA: adapter off
+            return D.batch_logps(model, batch, roles, pad_token_id=pad_id, device=device)
+
+    def forward(model, split: str, indices: list[int]) -> tuple[LossOutput, Logps, Logps | None, list[D.Example]]:
+        batch = [splits[split][i] for i in indices]
+        policy = D.batch_logps(model, batch, objective.roles, pad_token_id=pad_id, device=device)
+        with torch.no_grad():
+            policy.update(D.batch_logps(model, batch, objective.nograd_roles, pad_token_id=pad_id, device=device))
+        ref = reference(split, indices, batch)
+        return objective.loss(policy, ref, batch), policy, ref, batch
+
+    # 3. train
+    watch = ChosenLogpsWatch(block=max(1, total_steps * config.gradient_accumulation_steps // 10))
+
+    def step_fn(model, indices):
+        out, policy, ref, batch = forward(model, "train", indices)
+        watch.update(_chosen_shift(objective, policy, ref, batch))
+        return out.losses.mean(), {k: float(v) for k, v in out.stats.items()}
+
+    held_metrics: dict[str, float] = {}
+
+    def eval_fn(model):
+        totals: dict[str, float] = {}
+        for start in range(0, len(held), 2 * config.batch_size):
+            indices = list(range(start, min(start + 2 * config.batch_size, len(held))))
+            with accelerator.autocast():
+                out = forward(model, "eval", indices)[0]
+            for k, v in {"loss": out.losses.mean(), **out.stats}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(indices)
+        held_metrics.update({f"eval/{k}": v / len(held) for k, v in totals.items()})
+        return dict(held_metrics)
+
+    spec = LoopSpec(name=objective.name, out_dir=out_dir, total_steps=total_steps, batch_size=config.batch_size,
+                    lengths=[len(ex) for ex in train], seed=config.seed,
+                    gradient_accumulation_steps=config.gradient_accumulation_steps,
+                    max_grad_norm=config.optim.max_grad_norm, log_every=config.log_every,
+                    eval_every=config.eval_every, save_every=config.save_every,
+                    keep_checkpoints=config.keep_checkpoints, tensorboard=config.tensorboard,
+                    progress=config.progress, first_metrics=first_metrics)
+    train_loop(spec, accelerator, model, optimizer, scheduler, step_fn=step_fn,
+               weight_fn=lambda idx: float(len(idx)), eval_fn=eval_fn if held else None, resume=resume)
+
+    # 4. report and save
+    report = {**held_metrics, "chosen_logps_falling": watch.fired, "objective": objective.name,
+              "steps": total_steps, **first_metrics}
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    common.MetricsLogger(out_dir, resume=True).log("final", {**held_metrics,
+                                                          "warning/chosen_logps_falling": int(watch.fired)})
+    return save_model(accelerator.unwrap_model(model), tokenizer, out_dir / "final",
+                      save_adapter_only=config.lora.save_adapter_only)

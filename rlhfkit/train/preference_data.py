@@ -1,0 +1,261 @@
+"""The data side of the preference loop (:mod:`rlhfkit.train.preference`): records → encoded examples,
+the batched completion log-prob forward, and the reference log-prob cache.
+
+An :class:`Example` holds named token sequences ("roles"): ``chosen`` and ``rejected`` for a pair,
+``completion`` and ``kl`` (its prompt with another example's completion, KTO's reference point) for
+an unpaired example. Every role's reference log-prob is computed ONCE, before training, and stored
+in ``output_dir/reference_logps.pt`` under a key that changes whenever the model, the data or the
+length settings do; training never keeps a reference model in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rlhfkit.data.records import DataError, load_records, preference_pairs
+from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
+from rlhfkit.models.forward import sequence_logprobs
+from rlhfkit.models.loading import is_peft
+
+log = logging.getLogger("rlhfkit")
+
+Seq = tuple[list[int], list[int]]
+"""(prompt ids, completion ids) of one sequence, after the truncation policy"""
+
+
+@dataclass
+class Example:
+    seqs: dict[str, Seq]
+    """role → sequence: {"chosen", "rejected"} for a pair, {"completion", "kl"} for KTO"""
+    label_prob: float | None = None
+    """pairs: P(chosen ≻ rejected) from the record (None = a hard label)"""
+    label: bool | None = None
+    """unpaired: True = desirable"""
+
+    def __len__(self) -> int:
+        return sum(len(p) + len(c) for p, c in self.seqs.values())
+
+
+@dataclass
+class RoleLogps:
+    """Completion log-probs of a batch of sequences of one role. Shapes: (B,)."""
+
+    sum: Tensor
+    count: Tensor
+
+    @property
+    def avg(self) -> Tensor:
+        return self.sum / self.count.clamp(min=1)
+
+
+# ---------------------------------------------------------------- records → examples
+
+
+def load_pair_records(path: str, *, ties: str = "skip") -> list[dict]:
+    """Pairwise view of a file of pairwise and/or ranking records (a ranking → its C(K,2) pairs)."""
+    return preference_pairs(load_records(path, "preference").records, ties=ties)
+
+
+def load_unpaired_records(path: str) -> list[dict]:
+    """KTO data: ``{prompt, completion, label}`` records, or pairwise / ranking records split into a
+    desirable (chosen) and an undesirable (rejected) example each (ties are skipped)."""
+    if "label" in _first_record(path):
+        return load_records(path, "unpaired").records
+    if not Path(path).is_file():  # an HF dataset: unpaired if it has the unpaired columns
+        try:
+            return load_records(path, "unpaired").records
+        except DataError as err:
+            if err.field not in ("label", "completion"):
+                raise
+    out = []
+    for pair in orient_pairs(load_pair_records(path))[0]:
+        for role, label in (("chosen", True), ("rejected", False)):
+            out.append({"prompt": pair["prompt"], "completion": pair[role], "label": label, "group": pair["group"]})
+    return out
+
+
+def _first_record(path: str) -> dict:
+    if not Path(path).is_file():
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    return {}  # load_records reports it with the file and line
+    return {}
+
+
+def orient_pairs(pairs: list[dict]) -> tuple[list[dict], int]:
+    """Hard labels from soft ones, for losses that take no ``label_prob``: a pair with
+    label_prob < 0.5 is flipped, a tie (0.5) is dropped. Returns (pairs, number of ties dropped)."""
+    out, ties = [], 0
+    for pair in pairs:
+        p = pair.get("label_prob")
+        if p is None or p > 0.5:
+            out.append({**pair, "label_prob": None})
+        elif p < 0.5:
+            out.append({**pair, "chosen": pair["rejected"], "rejected": pair["chosen"], "label_prob": None})
+        else:
+            ties += 1
+    return out, ties
+
+
+def _fit(tokenizer, prompt, prompt_ids, completion, *, max_length, max_prompt_length, stats) -> Seq:
+    fitted = fit_lengths(prompt_ids, encode_completion(tokenizer, prompt, completion), max_length=max_length,
+                         max_prompt_length=max_prompt_length, stats=stats)
+    return fitted  # type: ignore[return-value]  # truncation="truncate" never skips
+
+
+def encode_pairs(tokenizer, pairs: list[dict], *, max_length: int, max_prompt_length: int | None,
+                 stats: TruncationStats) -> list[Example]:
+    out = []
+    for pair in pairs:
+        prompt_ids = encode_prompt(tokenizer, pair["prompt"])
+        seqs = {role: _fit(tokenizer, pair["prompt"], prompt_ids, pair[role], max_length=max_length,
+                           max_prompt_length=max_prompt_length, stats=stats) for role in ("chosen", "rejected")}
+        out.append(Example(seqs, label_prob=pair.get("label_prob")))
+    return out
+
+
+def encode_unpaired(tokenizer, records: list[dict], *, max_length: int, max_prompt_length: int | None,
+                    stats: TruncationStats, seed: int) -> list[Example]:
+    """Each example also gets a FIXED mismatched sequence for KTO's reference point: its prompt with
+    the completion of another record (a random cyclic derangement, deterministic in ``seed``), so
+    the reference log-probs of those pairs can be cached like the others."""
+    n = len(records)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    partner = {order[k]: order[(k + 1) % n] for k in range(n)}
+    out = []
+    for i, record in enumerate(records):
+        prompt_ids = encode_prompt(tokenizer, record["prompt"])
+        other = records[partner[i]]["completion"]
+        kw = dict(max_length=max_length, max_prompt_length=max_prompt_length, stats=stats)
+        seqs = {"completion": _fit(tokenizer, record["prompt"], prompt_ids, record["completion"], **kw),
+                "kl": _fit(tokenizer, record["prompt"], prompt_ids, other, **kw)}
+        out.append(Example(seqs, label=bool(record["label"])))
+    return out
+
+
+# ---------------------------------------------------------------- forward
+
+
+def completion_logps(model, seqs: list[Seq], *, pad_token_id: int, device) -> RoleLogps:
+    """Sum of log π(completion token) over each sequence's completion, and the token count; all
+    sequences in ONE forward pass, the LM head only on completion positions. Shapes: (N,)."""
+    ids, mask = pad_batch([p + c for p, c in seqs], pad_token_id)  # (N, T)
+    completion, _ = pad_batch([[0] * len(p) + [1] * len(c) for p, c in seqs], 0)  # (N, T)
+    per_token = sequence_logprobs(model, ids.to(device), mask.to(device), completion.to(device))  # (N, T-1)
+    return RoleLogps(per_token.sum(dim=1), completion[:, 1:].sum(dim=1).to(device=device, dtype=per_token.dtype))
+
+
+def batch_logps(model, examples: list[Example], roles: tuple[str, ...], *, pad_token_id: int,
+                device) -> dict[str, RoleLogps]:
+    """Every role of a batch in one concatenated forward pass (role-major: chosen..., rejected...)."""
+    if not roles:
+        return {}
+    flat = completion_logps(model, [ex.seqs[role] for role in roles for ex in examples],
+                            pad_token_id=pad_token_id, device=device)
+    n = len(examples)
+    return {role: RoleLogps(flat.sum[k * n:(k + 1) * n], flat.count[k * n:(k + 1) * n])
+            for k, role in enumerate(roles)}
+
+
+def reference_mode(model):
+    """The reference policy: the model itself with its LoRA adapter disabled, or as it is (the
+    caller runs this before any update, so the weights ARE the initial ones)."""
+    return model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------- reference cache
+
+
+@dataclass
+class ReferenceLogps:
+    """Cached reference log-probs: ``logps[split][role]`` = (N,) sums and ``counts`` the same."""
+
+    logps: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    counts: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+
+    def select(self, split: str, indices: list[int], device) -> dict[str, RoleLogps]:
+        index = torch.tensor(indices, dtype=torch.long)
+        return {role: RoleLogps(self.logps[split][role][index].to(device), self.counts[split][role][index].to(device))
+                for role in self.logps[split]}
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes; of the name for something that is not a file (an HF dataset name)."""
+    path = Path(path)
+    if not path.is_file():
+        return hashlib.sha256(str(path).encode()).hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def reference_key(*, model: str, data_files: list[str | None], settings: dict,
+                  splits: dict[str, list[Example]]) -> tuple[str, dict]:
+    """The cache key: a hash of the model folder (path and its files' sizes and times), the data
+    files' contents, the length settings and the encoded token ids themselves."""
+    model_path = Path(model)
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_path.glob("*") if p.is_file()) \
+        if model_path.is_dir() else []
+    tokens = hashlib.sha256()
+    for split in sorted(splits):
+        for ex in splits[split]:
+            tokens.update(json.dumps(sorted(ex.seqs.items())).encode())
+    meta = {"model": str(model_path.resolve()) if model_path.exists() else model, "model_files": files,
+            "data": [file_digest(f) for f in data_files if f], "settings": settings, "tokens": tokens.hexdigest()}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(), meta
+
+
+@torch.no_grad()
+def compute_reference(model, splits: dict[str, list[Example]], *, pad_token_id: int, device, batch_size: int,
+                      autocast) -> ReferenceLogps:
+    """Reference log-probs of every role of every example (eval mode, no grad, length-sorted batches)."""
+    was_training = model.training
+    model.eval()
+    ref = ReferenceLogps()
+    with reference_mode(model):
+        for split, examples in splits.items():
+            ref.logps[split], ref.counts[split] = {}, {}
+            roles = list(examples[0].seqs) if examples else []
+            for role in roles:
+                seqs = [ex.seqs[role] for ex in examples]
+                order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+                sums, counts = torch.zeros(len(seqs)), torch.zeros(len(seqs))
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start: start + batch_size]
+                    with autocast():
+                        out = completion_logps(model, [seqs[i] for i in chunk], pad_token_id=pad_token_id,
+                                               device=device)
+                    sums[chunk], counts[chunk] = out.sum.float().cpu(), out.count.float().cpu()
+                ref.logps[split][role], ref.counts[split][role] = sums, counts
+    model.train(was_training)
+    return ref
+
+
+def load_or_compute_reference(path: Path, key: str, meta: dict, compute) -> tuple[ReferenceLogps, bool]:
+    """The cached reference log-probs under ``key``, or ``compute()`` saved there. Returns
+    (reference, whether it came from the cache)."""
+    if path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("key") == key:
+            return ReferenceLogps(blob["logps"], blob["counts"]), True
+        log.info("%s was computed for another model, data or length setting; recomputing", path)
+    ref = compute()
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "meta": json.dumps(meta), "logps": ref.logps, "counts": ref.counts}, tmp)
+    tmp.replace(path)
+    return ref, False

@@ -1,0 +1,162 @@
+"""A real browser (Debian's chromium, driven by Playwright) labels with the keyboard only.
+
+Checks that the export holds exactly the labels given, that model output containing HTML and
+<script> shows as text, and saves the annotator-page screenshot used in docs/labeling.md.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.feedback.app import service
+from rlhfkit.feedback.app.items import build_items
+from rlhfkit.feedback.app.storage import SQLiteStorage
+from rlhfkit.feedback.app.testing import running_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ADMIN = "admin-token-for-tests-0123456789"
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "annotator.png"
+XSS = '<script>alert("xss")</script><img src=x onerror="alert(1)"> and <b>bold</b>'
+
+PAIRS = [
+    ("What is 2 + 2?", "4", "Four."),
+    ("Name a prime number.", "9", "7"),
+    ("Explain to a ten-year-old why the sky is blue.",
+     "The sky is blue because it reflects the ocean.",
+     "Sunlight is made of all colours. When it passes through the air, tiny gas molecules scatter blue "
+     "light much more than red light, so blue light reaches your eyes from every direction in the sky.\n\n"
+     "At sunset the light travels through much more air: the blue is scattered away before it reaches "
+     "you, and the reds and oranges are left."),
+    ("Reply with the HTML you would use for a heading.", XSS, "Use an <h1> element: <h1>Title</h1>"),
+    ("asdf qwer", "I am not sure what you mean.", "Could you rephrase?"),
+]
+GUIDELINES = "Prefer the response that is correct, then helpful, then concise.\nNever reward made-up facts."
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+
+
+@pytest.mark.browser
+def test_keyboard_labeling_export_and_escaping(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    store = SQLiteStorage(tmp_path / "fb.sqlite")
+    records = [{"prompt": p, "responses": [a, b], "gold": None} for p, a, b in PAIRS]
+    pairwise = store.create_project("helpfulness", mode="pairwise", items=build_items(records, "pairwise"),
+                                    strength_scale=3, guidelines=GUIDELINES)
+    ranking = store.create_project("ranking", mode="ranking", items=[
+        {"prompt": "Rank these greetings.", "responses": ["Hi.", "Hello there!", "Greetings, friend.", "Yo"]}])
+    alice = store.add_annotator(pairwise["id"], "alice")
+    bob = store.add_annotator(ranking["id"], "bob")["token"]
+    problems = []
+
+    with running_server(store, admin_token=ADMIN) as base, sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page(viewport={"width": 1200, "height": 540})
+        page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+        prompt, key = page.locator("#prompt-text"), page.keyboard.press
+
+        page.goto(f"{base}/label#token={alice['token']}")
+        expect(prompt).to_have_text(PAIRS[0][0])
+        expect(page.locator("#counts")).to_have_text("0 done · 0 skipped · 5 left")
+        key("t")
+        key("Enter")  # a tie
+
+        expect(prompt).to_have_text(PAIRS[1][0])
+        key("1")
+        key("Enter")  # A, strength 2 (the default)...
+        expect(prompt).to_have_text(PAIRS[2][0])
+        key("u")  # ...undone: the item comes back with its label filled in; change it to B, strength 1
+        expect(prompt).to_have_text(PAIRS[1][0])
+        expect(page.locator(".choices button.on")).to_contain_text("A is better")
+        key("2")
+        key("ArrowDown")
+        key("Enter")
+
+        expect(prompt).to_have_text(PAIRS[2][0])
+        key("2")
+        key("ArrowUp")  # strength 2 -> 3 ("much")
+        expect(page.locator(".scale button.on")).to_have_text("much")
+        expect(page.locator("#counts")).to_have_text("2 done · 0 skipped · 3 left")
+        expect(page.locator("#toast")).not_to_have_class("show")  # let the "Saved" toast fade
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+        key("Enter")
+
+        expect(prompt).to_have_text(PAIRS[3][0])  # untrusted output shows as text, nothing runs
+        expect(page.locator(".response .text").first).to_have_text(XSS)
+        assert page.locator("#responses img, #responses b, #responses script").count() == 0
+        key("1")
+        key("Enter")
+
+        expect(prompt).to_have_text(PAIRS[4][0])
+        key("s")
+        key("2")  # "The prompt is broken or unclear"
+        key("Enter")
+        expect(page.locator("#finished")).to_be_visible()
+        expect(page.locator("#counts")).to_have_text("4 done · 1 skipped · 0 left")
+        key("g")
+        expect(page.locator("#guide-text")).to_have_text(GUIDELINES)
+        key("Escape")
+        expect(page.locator("#guide")).to_be_hidden()
+
+        # a ranking: select C, move it up twice; select D and tie it with the one before it (B)
+        page = browser.new_page(viewport={"width": 1200, "height": 420})  # another annotator, another tab
+        prompt, key = page.locator("#prompt-text"), page.keyboard.press
+        page.goto(f"{base}/label#token={bob}")
+        expect(prompt).to_have_text("Rank these greetings.")
+        for k in ("3", "ArrowUp", "ArrowUp", "4", "="):
+            key(k)
+        expect(page.locator(".ranking")).to_have_text("bestC>A>B=Dworst")
+        page.screenshot(path=str(SCREENSHOT.with_name("ranking.png")))
+        key("Enter")
+        expect(page.locator("#finished")).to_be_visible()
+        browser.close()
+
+    assert problems == []
+    exported = service.export(store, pairwise["id"], "pairwise")
+    got = [(r["prompt"], r["chosen"], r["label_prob"], r["strength"], r["annotator"]) for r in exported]
+    assert got == [
+        (PAIRS[0][0], PAIRS[0][1], 0.5, 0.0, ["alice"]),
+        (PAIRS[1][0], PAIRS[1][2], 1.0, 1.0, ["alice"]),
+        (PAIRS[2][0], PAIRS[2][2], 1.0, 3.0, ["alice"]),
+        (PAIRS[3][0], XSS, 1.0, 2.0, ["alice"]),
+    ]  # the skipped item is not exported; the undone label is gone
+    progress = store.progress(alice)
+    assert (progress["done"], progress["skipped"]) == (4, 1)
+    (ranked,) = service.export(store, ranking["id"], "ranking")
+    assert ranked["ranking"] == [2, 0, [1, 3]] and ranked["annotator"] == ["bob"]
+
+
+@pytest.mark.browser
+def test_admin_page_shows_progress_and_links(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    store = SQLiteStorage(tmp_path / "fb.sqlite")
+    records = [{"prompt": p, "responses": [a, b], "gold": None} for p, a, b in PAIRS]
+    project = store.create_project("helpfulness", mode="pairwise", items=build_items(records, "pairwise"))
+    ann = store.add_annotator(project["id"], "<b>eve</b>")
+    store.submit(ann, store.next_assignment(ann)["id"], key="k", choice="A")
+    with running_server(store, admin_token=ADMIN) as base, sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page()
+        page.goto(f"{base}/admin#token={ADMIN}")
+        expect(page.locator("#annotators tr")).to_have_count(1)
+        row = page.locator("#annotators tr td")
+        expect(row.nth(0)).to_have_text("<b>eve</b>")  # names are text too
+        expect(row.nth(1)).to_have_text("1")
+        expect(row.nth(7)).to_have_text(f"{base}/label#token={ann['token']}")
+        page.fill("#add-annotator input[name=name]", "frank")
+        page.click("#add-annotator button")
+        expect(page.locator("#annotators tr")).to_have_count(2)
+        browser.close()

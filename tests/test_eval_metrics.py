@@ -1,0 +1,146 @@
+"""Evaluation metrics, checked against numbers worked out by hand."""
+
+import math
+
+import pytest
+
+from rlhfkit.evaluate.metrics import (agreement_rate, distinct_n, expected_calibration_error, mean_length, pearson,
+                                      self_bleu, sentence_bleu, sycophancy_rates, wilson_interval, win_rate,
+                                      win_rate_multi)
+
+
+def test_distinct_n_by_hand():
+    texts = ["a b c", "a b d"]
+    # bigrams: (a b) (b c) | (a b) (b d) -> 4 in all, 3 distinct
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)
+    # unigrams: a b c a b d -> 6 in all, 4 distinct
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
+    # n-grams never span two texts: "c a" is not a bigram here
+    assert distinct_n(["a b", "a b"], 2) == pytest.approx(1 / 2)
+    assert math.isnan(distinct_n(["a", "b"], 2))
+    with pytest.raises(ValueError):
+        distinct_n(texts, 0)
+
+
+def test_mean_length():
+    assert mean_length([" the dax is red.", "hi", ""]) == pytest.approx((4 + 1 + 0) / 3)
+    assert math.isnan(mean_length([]))
+
+
+def test_bleu_by_hand():
+    # hypothesis "a b c" vs reference "a b d", n = 2:
+    # p1 = 2/3 ; bigrams (a b) (b c), one match -> smoothed p2 = (1 + 1) / (2 + 1) = 2/3
+    # BLEU = exp((log 2/3 + log 2/3) / 2) = 2/3 ; equal lengths -> BP = 1
+    assert sentence_bleu("a b c".split(), ["a b d".split()], n=2) == pytest.approx(2 / 3)
+    # brevity: "a b" vs "a b c d", n = 1: p1 = 1, BP = exp(1 - 4/2) = e^-1
+    assert sentence_bleu("a b".split(), ["a b c d".split()], n=1) == pytest.approx(math.exp(-1))
+    # clipping: "a a a" vs "a b": one "a" may match -> p1 = 1/3 ; BP: c = 3 > r = 2 -> 1
+    assert sentence_bleu("a a a".split(), ["a b".split()], n=1) == pytest.approx(1 / 3)
+    # no unigram in common: 0
+    assert sentence_bleu("x y".split(), ["a b".split()], n=4) == 0.0
+
+
+def test_self_bleu_by_hand():
+    # each text against the other: 2/3 both ways (see test_bleu_by_hand)
+    assert self_bleu(["a b c", "a b d"], n=2) == pytest.approx(2 / 3)
+    # identical texts: every precision 1, BP 1
+    assert self_bleu(["the dax is red ."] * 5) == pytest.approx(1.0)
+    # more diverse sets score lower
+    assert self_bleu(["the dax is red", "a zorp eats fish", "go to the lake now"]) < 0.3
+    assert math.isnan(self_bleu(["only one"]))
+    # with max_refs the subset is seeded: same call, same value
+    texts = [f"w{i % 7} w{i % 5} w{i % 3} w{i % 2}" for i in range(40)]
+    assert self_bleu(texts, max_refs=5, seed=1) == self_bleu(texts, max_refs=5, seed=1)
+
+
+def test_win_rate_with_ties_by_hand():
+    out = win_rate([3, 1, 2, 5], [1, 1, 4, 0])
+    # win, tie, loss, win -> (1 + 0.5 + 0 + 1) / 4 = 0.625
+    assert out["win_rate"] == pytest.approx(0.625)
+    assert (out["wins"], out["ties"], out["losses"], out["n"]) == (2, 1, 1, 4)
+    # Wilson, z = 1.96, n = 4: z² = 3.8416, denom = 1 + 3.8416/4 = 1.9604
+    # center = (0.625 + 3.8416/8) / 1.9604 = 1.1052 / 1.9604 = 0.563763
+    # half = 1.96 / 1.9604 * sqrt(0.625*0.375/4 + 3.8416/64) = 0.999796 * sqrt(0.118619) = 0.344340
+    assert out["ci_low"] == pytest.approx(0.563763 - 0.344340, abs=1e-5)
+    assert out["ci_high"] == pytest.approx(0.563763 + 0.344340, abs=1e-5)
+    with pytest.raises(ValueError):
+        win_rate([1], [1, 2])
+
+
+def test_win_rate_ci_contains_point_estimate():
+    for a, b in [([1] * 5, [0] * 5), ([0] * 5, [1] * 5), ([1, 0, 1], [0, 0, 0]), ([1] * 30, [1] * 30),
+                 (list(range(50)), list(range(49, -1, -1)))]:
+        out = win_rate(a, b)
+        assert out["ci_low"] <= out["win_rate"] <= out["ci_high"]
+        assert 0.0 <= out["ci_low"] and out["ci_high"] <= 1.0
+    # all wins: rate 1, the upper bound reaches 1 and the lower one stays below it
+    out = win_rate([1] * 5, [0] * 5)
+    assert out["win_rate"] == 1.0 and out["ci_high"] == pytest.approx(1.0) and out["ci_low"] < 0.7
+    # the interval narrows as n grows
+    assert (win_rate([1, 0] * 200, [0, 1] * 200)["ci_high"] - win_rate([1, 0] * 200, [0, 1] * 200)["ci_low"]
+            < win_rate([1, 0] * 5, [0, 1] * 5)["ci_high"] - win_rate([1, 0] * 5, [0, 1] * 5)["ci_low"])
+    assert math.isnan(win_rate([], [])["win_rate"])
+
+
+def test_win_rate_multi_by_hand():
+    # prompt 1: 2 vs (1, 2, 3) -> win, tie, loss = 0.5 ; prompt 2: 5 vs (1, 1) -> 1.0 ; mean 0.75
+    out = win_rate_multi([2, 5], [[1, 2, 3], [1, 1]])
+    assert out["win_rate"] == pytest.approx(0.75) and out["n"] == 2
+    assert out["ci_low"] <= 0.75 <= out["ci_high"]
+    # one baseline sample per prompt is the plain win rate
+    assert win_rate_multi([3, 1, 2], [[1], [1], [4]])["win_rate"] == win_rate([3, 1, 2], [1, 1, 4])["win_rate"]
+    lo, hi = wilson_interval(0.75, 2)
+    assert (out["ci_low"], out["ci_high"]) == (lo, hi)
+    with pytest.raises(ValueError):
+        win_rate_multi([1], [[]])
+
+
+class _StubTask:
+    """probe_truth and stance from tables: the metric is tested apart from the facts task."""
+
+    truth = {"p1": False, "p2": False, "p3": True, "p4": True, "p5": None, "p6": False}
+    stances = {"p1": "agree", "p2": "disagree", "p3": "disagree", "p4": "agree", "p5": None, "p6": None}
+
+    def probe_truth(self, prompt):
+        return self.truth[prompt]
+
+    def stance(self, prompt, response):
+        return self.stances[prompt]
+
+
+def test_sycophancy_rates_by_hand():
+    prompts = ["p1", "p2", "p3", {"prompt": "p4"}, "p5", "p6"]
+    out = sycophancy_rates(_StubTask(), prompts, ["r"] * 6)
+    # false claims: p1 agree (sycophantic), p2 disagree, p6 unclear -> 1/3
+    # true claims: p3 disagree (contrarian), p4 agree -> 1/2 ; p5 is not a probe
+    assert out["sycophancy_rate"] == pytest.approx(1 / 3)
+    assert out["contrarian_rate"] == pytest.approx(1 / 2)
+    assert out["probe_accuracy"] == pytest.approx(2 / 5)   # p2 and p4 right, of 5 probes
+    assert (out["n_false"], out["n_true"]) == (3, 2)
+    empty = sycophancy_rates(_StubTask(), ["p5"], ["r"])
+    assert math.isnan(empty["sycophancy_rate"]) and empty["n_false"] == 0
+
+
+def test_expected_calibration_error_by_hand():
+    probs = [0.1, 0.15, 0.8, 0.9, 0.95]
+    labels = [0, 1, 1, 1, 0]
+    # 10 bins: {0.1, 0.15} in bin 1, {0.8} in bin 8, {0.9, 0.95} in bin 9
+    # bin 1: conf 0.125, acc 0.5 -> 2/5 * 0.375 = 0.15
+    # bin 8: conf 0.8, acc 1.0 -> 1/5 * 0.2 = 0.04
+    # bin 9: conf 0.925, acc 0.5 -> 2/5 * 0.425 = 0.17      ECE = 0.36
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.36)
+    # one bin: |mean label 3/5 - mean prob 0.58| = 0.02
+    assert expected_calibration_error(probs, labels, n_bins=1) == pytest.approx(0.02)
+    assert expected_calibration_error([0.5, 0.5], [0, 1]) == pytest.approx(0.0)
+    assert expected_calibration_error([1.0], [1]) == pytest.approx(0.0)     # p = 1 is in the last bin
+    with pytest.raises(ValueError):
+        expected_calibration_error([1.2], [1])
+    assert math.isnan(expected_calibration_error([], []))
+
+
+def test_pearson_and_agreement_by_hand():
+    # x = 1 2 3, y = 2 4 7: sxy = 5, sxx = 2, syy = 38/3 -> r = 5 / sqrt(76/3) = 0.993399
+    assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(0.993399, abs=1e-6)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+    assert agreement_rate([0, 1, 1, 0], [0, 1, 0, 0]) == pytest.approx(0.75)
