@@ -65,6 +65,8 @@ def _stage_parser(sub, name: str, stage: Stage) -> None:
     parser.add_argument("--config", help="YAML file of config values")
     parser.add_argument("--output-dir", help="run folder (overrides output_dir)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    if name == "demo":
+        parser.add_argument("--quick", action="store_true", help="a much smaller run (same as quick=true)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted for nested fields")
     parser.set_defaults(stage=name)
 
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    if getattr(args, "quick", False):
+        overrides.append("quick=true")
     try:
         config = load_config(getattr(module, stage.config), args.config, overrides)
     except ConfigError as err:

@@ -54,7 +54,7 @@ class DemoConfig:
     """documents in the pre-training corpus"""
     n_sft: int = 3000
     """demonstrations for SFT"""
-    n_pref_prompts: int = 1200
+    n_pref_prompts: int = 3000
     """prompts whose SFT samples the simulated panel labels (half as pairs, half as 4-way rankings)"""
     n_rl_prompts: int = 2000
     """prompt-only records for PPO / GRPO / RLOO"""
@@ -70,8 +70,8 @@ class DemoConfig:
     """pre-training budget"""
     sft: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=200, learning_rate=1e-3))
     """SFT budget"""
-    reward: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=300, learning_rate=1e-3,
-                                                                            batch_size=16))
+    reward: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=500, learning_rate=1e-3,
+                                                                            batch_size=32))
     """reward-model budget"""
     methods: list[str] = field(default_factory=lambda: ["all"])
     """which method steps to run after the reward model ("all", or names such as dpo, ppo)"""

@@ -20,6 +20,15 @@ from rlhfkit.train.sft import OptimConfig
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def letters(prompts, responses):
     """Fraction of response characters that are ASCII lowercase letters (random tokens: ~10%)."""
     return [sum(c.islower() and c.isascii() for c in r) / max(len(r), 1) for r in responses]

@@ -68,6 +68,7 @@ def train_rows(out):
     ("dpo", {}, math.log(2)),                                         # −log σ(0) = log 2
     ("dpo-soft", {"label_prob": 0.8}, math.log(2)),                   # −0.8 log σ(0) − 0.2 log σ(0) = log 2
     ("dpo-accum", {"gradient_accumulation_steps": 3, "batch_size": 5}, math.log(2)),
+    ("dpo-lora-cached", {"lora": {"r": 4}}, math.log(2)),
     ("dpo-lora-adapter-off", {"lora": {"r": 4}, "precompute_ref_logps": False}, math.log(2)),
     ("ipo", {"loss_type": "ipo", "beta": 0.5}, 1.0),                  # (0 − 1/(2·0.5))² = 1
     ("hinge", {"loss_type": "hinge"}, 1.0),                           # relu(1 − 0) = 1
@@ -296,3 +297,13 @@ def test_falling_chosen_logps_warning(caplog):
     for value in [-0.05, -0.05, -0.1, -0.1, -0.2, -0.2]:  # three falling blocks, 0.2 nats/token down
         watch.update(value)
     assert watch.fired and "likelihood displacement" in caplog.text
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The tiny model gains nothing from intra-op threads, and on a shared CPU their spin-waits make
+    # each step several times slower; restored for the rest of the session.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,6 +12,15 @@ from rlhfkit.rewards import (HTTPRewardSource, PythonRewardSource, RewardModelSo
                              build_reward_source, load_function)
 
 PROMPTS = ["User: what color is the dax?\nAssistant:"] * 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 RESPONSES = [" the dax is red.", " red red", " blue"]
 
 

@@ -231,3 +231,19 @@ def autocast(precision: str):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def make_accelerator(precision: str):
+    """An ``accelerate.Accelerator`` for this stage's precision.
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another mixed
+    precision; the demo runs stages of different precision in one process, so a stale state of
+    another precision is cleared first (the distributed setup, PartialState, is kept).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed = "bf16" if precision == "bf16" else "no"
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed)

@@ -15,7 +15,6 @@ KL 4. group advantages 5. epochs × minibatches of the clipped loss 6. log, chec
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from rlhfkit.ops import group_advantages, kl_estimate, rloo_advantages
 from rlhfkit.rewards import PythonRewardSource, build_reward_source
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train import common
-from rlhfkit.train.rl_common import (ActorCritic, Reference, RLConfig, RunState, StatsWindow, collect, load_prompts,
-                                     minibatches, objective_metrics, optimizer_step)
+from rlhfkit.train.rl_common import (ActorCritic, Reference, RLConfig, RunState, collect, load_prompts,
+                                     objective_metrics, optimise)
 
 
 @dataclass
@@ -156,33 +155,14 @@ def _run(config: GroupConfig, name: str, *, resume: bool, reward_fns: Sequence[C
         metrics["objective/zero_std_fraction"] = float((groups.std(1) == 0).float().mean())
 
         # 5. epochs over shuffled minibatches of the clipped surrogate (+ k3 KL when kl_in=loss)
-        t = time.time()
-        window = StatsWindow()
-        actor.train(True)
-        for micro_batches in minibatches(len(exp.responses), config, run.shuffle):
-            acc: dict[str, float] = {}
-            for idx in micro_batches:
-                weight = 1.0 / len(micro_batches)
-                with common.autocast(config.precision):
-                    out = actor.forward(**exp.rows(idx), context_length=exp.context_length,
-                                        temperature=config.sampling.temperature, values=False)
-                    loss_out = grpo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
-                                                cliprange=config.cliprange, kl_coef=kl_loss_coef,
-                                                ref_logprobs=exp.ref_logprobs[idx] if kl_loss_coef else None)
-                    loss = loss_out.losses.mean()
-                (loss * weight).backward()
-                stats = {("policy/kl_k3" if k == "kl" else k): v for k, v in loss_out.stats.items()}
-                stats["loss/policy"] = loss
-                for key, value in stats.items():
-                    acc[key] = acc.get(key, 0.0) + float(value.detach()) * weight
-            grad_norm = optimizer_step(actor.parameters(), optimizer, scheduler, config.optim.max_grad_norm)
-            if grad_norm is not None:
-                acc["policy/grad_norm"] = grad_norm
-            window.add(acc)
-        actor.train(False)
-        metrics.update(window.means())
-        metrics["time/train"] = time.time() - t
-        metrics["lr"] = scheduler.get_last_lr()[0]
+        def loss_fn(out, idx):
+            ref = exp.ref_logprobs[idx] if kl_loss_coef else None
+            result = grpo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
+                                      cliprange=config.cliprange, kl_coef=kl_loss_coef, ref_logprobs=ref)
+            stats = {("policy/kl_k3" if k == "kl" else k): v for k, v in result.stats.items()}
+            return result.losses.mean(), stats
+
+        metrics.update(optimise(actor, exp, config, optimizer, scheduler, run.shuffle, loss_fn, values=False))
 
         # 6. log and checkpoint
         run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl"))

@@ -17,7 +17,6 @@ of Huang et al. 2024 ("The N+ Implementation Details of RLHF with PPO"). One ite
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,8 @@ from rlhfkit.ops import (AdaptiveKLController, FixedKLController, RunningMoments
 from rlhfkit.rewards import PythonRewardSource, build_reward_source
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train import common
-from rlhfkit.train.rl_common import (ActorCritic, Experience, Reference, RLConfig, RunState, StatsWindow, collect,
-                                     explained_variance, load_prompts, minibatches, objective_metrics,
-                                     optimizer_step)
+from rlhfkit.train.rl_common import (ActorCritic, Experience, Reference, RLConfig, RunState, collect,
+                                     explained_variance, load_prompts, objective_metrics, optimise)
 
 
 @dataclass
@@ -212,37 +210,20 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
         metrics = objective_metrics(exp, kl, kl_coef=kl_ctl.value)
         metrics["val/explained_variance"] = explained_variance(exp.values, returns, mask)
 
-        # 5. PPO epochs over shuffled minibatches (gradient accumulation inside each)
-        t = time.time()
-        window = StatsWindow()
-        actor.train(True)
-        for micro_batches in minibatches(len(exp.responses), config, run.shuffle):
-            acc: dict[str, float] = {}
-            for idx in micro_batches:
-                weight = 1.0 / len(micro_batches)
-                with common.autocast(config.precision):
-                    out = actor.forward(**exp.rows(idx), context_length=exp.context_length,
-                                        temperature=config.sampling.temperature)
-                    pg = ppo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
-                                         cliprange=config.cliprange)
-                    vf = ppo_value_loss(out.values, exp.values[idx], returns[idx], mask[idx],
-                                        cliprange_value=config.cliprange_value)
-                    loss = pg.losses.mean() + config.vf_coef * vf.losses.mean()
-                    parts = {"loss/policy": pg.losses.mean(), "loss/value": vf.losses.mean()}
-                    if ptx is not None:
-                        parts["loss/ptx"] = ptx.loss(actor.policy, device)
-                        loss = loss + config.ptx_coef * parts["loss/ptx"]
-                (loss * weight).backward()
-                for key, value in {**pg.stats, **vf.stats, **parts}.items():
-                    acc[key] = acc.get(key, 0.0) + float(value.detach()) * weight
-            grad_norm = optimizer_step(actor.parameters(), optimizer, scheduler, config.optim.max_grad_norm)
-            if grad_norm is not None:
-                acc["policy/grad_norm"] = grad_norm
-            window.add(acc)
-        actor.train(False)
-        metrics.update(window.means())
-        metrics["time/train"] = time.time() - t
-        metrics["lr"] = scheduler.get_last_lr()[0]
+        # 5. PPO epochs over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss
+        def loss_fn(out, idx):
+            pg = ppo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
+                                 cliprange=config.cliprange)
+            vf = ppo_value_loss(out.values, exp.values[idx], returns[idx], mask[idx],
+                                cliprange_value=config.cliprange_value)
+            loss = pg.losses.mean() + config.vf_coef * vf.losses.mean()
+            stats = {**pg.stats, **vf.stats, "loss/policy": pg.losses.mean(), "loss/value": vf.losses.mean()}
+            if ptx is not None:  # PPO-ptx: the LM loss on SFT / pre-training data, mixed in
+                stats["loss/ptx"] = ptx.loss(actor.policy, device)
+                loss = loss + config.ptx_coef * stats["loss/ptx"]
+            return loss, stats
+
+        metrics.update(optimise(actor, exp, config, optimizer, scheduler, run.shuffle, loss_fn, values=True))
 
         # 6. KL controller (Ziegler et al. 2019 §2.2: n_steps = responses in the batch), log, checkpoint
         kl_ctl.update(metrics["objective/kl"], len(exp.responses))

@@ -279,7 +279,7 @@ class ChosenLogpsWatch:
     token below the first block's.
     """
 
-    def __init__(self, *, block: int, falls: int = 3, min_drop: float = 0.05):
+    def __init__(self, *, block: int, falls: int = 3, min_drop: float = 0.1):
         self.block, self.falls, self.min_drop = max(1, block), falls, min_drop
         self.current: list[float] = []
         self.means: list[float] = []
@@ -390,13 +390,11 @@ def run_kto(config: KTOConfig, *, resume: bool = False) -> Path:
 
 
 def train_preference(config: PreferenceConfig, objective: Objective, *, resume: bool = False) -> Path:
-    from accelerate import Accelerator
-
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     common.set_seed(config.seed)
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+    accelerator = common.make_accelerator(config.precision)
 
     # 1. records → encoded examples (train / held-out)
     tokenizer = load_tokenizer(config.model)
@@ -477,7 +475,8 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
                weight_fn=lambda idx: float(len(idx)), eval_fn=eval_fn if held else None, resume=resume)
 
     # 4. report and save
-    report = {**held_metrics, "chosen_logps_falling": watch.fired, "objective": objective.name,
+    report = {**held_metrics, "chosen_logps_falling": watch.fired,
+              "chosen_logps_shift_per_block": [round(m, 4) for m in watch.means], "objective": objective.name,
               "steps": total_steps, **first_metrics}
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
     common.MetricsLogger(out_dir, resume=True).log("final", {**held_metrics,

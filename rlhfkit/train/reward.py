@@ -253,12 +253,11 @@ def _best(ranking) -> int:
 
 def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups, eval_groups, reference,
                   first_metrics, resume) -> Path:
-    from accelerate import Accelerator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = config.seed + k
     common.set_seed(seed)
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+    accelerator = common.make_accelerator(config.precision)
     model = load_reward_model(config.model, lora=config.lora)
     steps_per_epoch = max(1, math.ceil(len(groups) / config.batch_size) // config.gradient_accumulation_steps)
     total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))

@@ -390,14 +390,35 @@ def minibatches(n: int, config: RLConfig, generator: torch.Generator):
             yield [minibatch[s: s + micro] for s in range(0, mb, micro)]
 
 
-def optimizer_step(params, optimizer, scheduler, max_grad_norm: float) -> float | None:
-    norm = None
-    if max_grad_norm > 0:
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
+def optimise(actor: ActorCritic, exp: Experience, config: RLConfig, optimizer, scheduler, shuffle: torch.Generator,
+             loss_fn: Callable, *, values: bool) -> dict[str, float]:
+    """Step 5 of every method: ``num_ppo_epochs`` × shuffled minibatches (one optimiser step each) ×
+    ``gradient_accumulation_steps`` micro-batches. ``loss_fn(out, idx) -> (loss, stats)`` gets the
+    policy's :class:`Outputs` for rows ``idx``. Returns the minibatch-mean statistics (and the first
+    minibatch's policy statistics), policy/grad_norm, lr and time/train."""
+    t = time.time()
+    window = StatsWindow()
+    actor.train(True)
+    for micro_batches in minibatches(len(exp.responses), config, shuffle):
+        acc: dict[str, float] = {}
+        weight = 1.0 / len(micro_batches)
+        for idx in micro_batches:
+            with common.autocast(config.precision):
+                out = actor.forward(**exp.rows(idx), context_length=exp.context_length,
+                                    temperature=config.sampling.temperature, values=values)
+                loss, stats = loss_fn(out, idx)
+            (loss * weight).backward()
+            for key, value in {**stats, "loss/total": loss}.items():
+                acc[key] = acc.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * weight
+        if config.optim.max_grad_norm > 0:
+            acc["policy/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(actor.parameters(),
+                                                                           config.optim.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.add(acc)
+    actor.train(False)
+    return {**window.means(), "lr": scheduler.get_last_lr()[0], "time/train": time.time() - t}
 
 
 # ---------------------------------------------------------------- run folder: logging, checkpoints

@@ -171,13 +171,12 @@ def run_pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
 
 def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
-    from accelerate import Accelerator
 
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     common.set_seed(config.seed)
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+    accelerator = common.make_accelerator(config.precision)
 
     tokenizer = load_tokenizer(config.model)
     prepare = _prepare_pretrain if pretrain else _prepare_sft

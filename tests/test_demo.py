@@ -1,0 +1,43 @@
+"""The demo end to end (quick): every stage runs, summary.json has its stable keys, the report exists."""
+
+import json
+
+import pytest
+
+POLICY_KEYS = {"gold_reward", "mean_length", "distinct_2", "sycophancy_rate", "contrarian_rate"}
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    from rlhfkit.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_summary_and_report(quick_demo):
+    summary = json.loads((quick_demo / "summary.json").read_text())
+    methods = summary["methods"]
+    assert POLICY_KEYS <= set(methods["pretrained"])
+    assert POLICY_KEYS | {"win_rate_vs_pretrained"} <= set(methods["sft"])
+    assert {"accuracy_vs_gold", "panel_accuracy_vs_gold", "ece", "length_correlation"} <= set(methods["reward_model"])
+    for name, entry in methods.items():
+        if name in ("pretrained", "sft", "reward_model"):
+            continue
+        assert POLICY_KEYS | {"win_rate_vs_sft", "kl_to_sft"} <= set(entry), name
+    report = (quick_demo / "report.md").read_text()
+    assert "| sft |" in report and "## Reward model" in report
+    # each stage left a standard HF folder
+    for stage in ("pretrain", "sft", "reward"):
+        assert (quick_demo / stage / "final" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_stages_are_cached(quick_demo):
+    from rlhfkit.cli import main
+
+    before = (quick_demo / "sft" / "final" / "model.safetensors").stat().st_mtime
+    assert main(["demo", "--quick", "--output-dir", str(quick_demo), "methods=[reward]"]) == 0
+    assert (quick_demo / "sft" / "final" / "model.safetensors").stat().st_mtime == before
