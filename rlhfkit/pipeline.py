@@ -89,10 +89,10 @@ class DemoConfig:
         from dataclasses import replace
 
         return replace(
-            self, n_pretrain_docs=1500, n_sft=400, n_pref_prompts=60, n_rl_prompts=64, n_eval_prompts=24,
+            self, n_pretrain_docs=3000, n_sft=800, n_pref_prompts=60, n_rl_prompts=64, n_eval_prompts=48,
             eval_samples=1, max_new_tokens=24,
             model=replace(self.model, vocab_size=384, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
-            pretrain=replace(self.pretrain, max_steps=40), sft=replace(self.sft, max_steps=20),
+            pretrain=replace(self.pretrain, max_steps=400, batch_size=16), sft=replace(self.sft, max_steps=100, batch_size=16),
             reward=replace(self.reward, max_steps=10),
         )
 
@@ -158,8 +158,9 @@ class DemoContext:
         flat_prompts = [p for p, rs in zip(samples.prompts, samples.responses) for _ in rs]
         flat_responses = [r for rs in samples.responses for r in rs]
         tokenizer = load_tokenizer(self.sft)
+        flat_ids = [i for ids in samples.response_ids for i in ids] if samples.response_ids else None
         entry["kl_to_sft"] = sequence_kl(load_causal_lm(policy_dir), self._model("sft_model", self.sft),
-                                         tokenizer, flat_prompts, flat_responses)
+                                         tokenizer, flat_prompts, flat_responses, response_ids=flat_ids)
         if self.reward is not None:
             scorer = self._scorer()
             entry["proxy_reward"] = float(scorer.score(flat_prompts, flat_responses).mean())

@@ -35,6 +35,13 @@ def test_quick_demo_writes_summary_and_report(quick_demo):
 
 
 @pytest.mark.slow
+def test_sft_beats_the_pretrained_model_on_gold(quick_demo):
+    methods = json.loads((quick_demo / "summary.json").read_text())["methods"]
+    assert methods["sft"]["gold_reward"] > methods["pretrained"]["gold_reward"]
+    assert methods["sft"]["win_rate_vs_pretrained"] > 0.5
+
+
+@pytest.mark.slow
 def test_demo_stages_are_cached(quick_demo):
     from rlhfkit.cli import main
 

@@ -22,28 +22,33 @@ class PolicySamples:
     prompts: list[str]
     responses: list[list[str]]  # (n_prompts, n_samples)
     gold: list[list[float]]
+    response_ids: list[list[list[int]]] | None = None  # sampled tokens, for exact log-probs
 
 
 def sample_and_score(model, tokenizer, task, prompts: list[str], *, n: int, max_new_tokens: int,
                      temperature: float = 1.0, seed: int = 0) -> PolicySamples:
-    responses = generate_texts(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
-                               temperature=temperature, seed=seed)
+    responses, ids = generate_texts(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, seed=seed, return_ids=True)
     gold = [[task.gold(p, r) for r in rs] for p, rs in zip(prompts, responses)]
-    return PolicySamples(prompts=prompts, responses=responses, gold=gold)
+    return PolicySamples(prompts=prompts, responses=responses, gold=gold, response_ids=ids)
 
 
 @torch.no_grad()
 def sequence_kl(policy, reference, tokenizer, prompts: list[str], responses: list[str], *,
-                batch_size: int = 64, temperature: float = 1.0) -> float:
+                response_ids: list[list[int]] | None = None, batch_size: int = 64,
+                temperature: float = 1.0) -> float:
     """Mean over samples of Σ_t [log π(y_t) − log π_ref(y_t)] on the policy's own samples: a Monte
-    Carlo estimate of KL(π ‖ π_ref) per sequence (k1 estimator), in nats."""
+    Carlo estimate of KL(π ‖ π_ref) per sequence (k1 estimator), in nats. Pass the sampled
+    ``response_ids`` when known: re-tokenising the text can give a different (non-canonical)
+    token sequence than the one the policy sampled."""
     total, count = 0.0, 0
     for start in range(0, len(prompts), batch_size):
         ps, rs = prompts[start: start + batch_size], responses[start: start + batch_size]
         seqs, comp = [], []
-        for p, r in zip(ps, rs):
+        given = response_ids[start: start + batch_size] if response_ids is not None else [None] * len(ps)
+        for p, r, sampled in zip(ps, rs, given):
             prompt_ids = encode_prompt(tokenizer, p)
-            resp_ids = tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            resp_ids = sampled if sampled else tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             seqs.append(prompt_ids + resp_ids)
             comp.append([0] * len(prompt_ids) + [1] * len(resp_ids))
         ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
@@ -84,11 +89,13 @@ def save_samples(samples: PolicySamples, path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"prompts": samples.prompts, "responses": samples.responses, "gold": samples.gold}))
+    path.write_text(json.dumps({"prompts": samples.prompts, "responses": samples.responses, "gold": samples.gold,
+                                "response_ids": samples.response_ids}))
 
 
 def load_samples(path) -> PolicySamples:
     from pathlib import Path
 
     data = json.loads(Path(path).read_text())
-    return PolicySamples(prompts=data["prompts"], responses=data["responses"], gold=data["gold"])
+    return PolicySamples(prompts=data["prompts"], responses=data["responses"], gold=data["gold"],
+                         response_ids=data.get("response_ids"))
