@@ -121,3 +121,16 @@ def train_loop(spec: LoopSpec, accelerator, model, optimizer, scheduler, *, step
     progress.close()
     logger.close()
     return state
+
+
+def spec_from_config(config, *, name: str, out_dir: Path, total_steps: int, lengths: list[int],
+                     seed: int | None = None, group_by_length: bool = True,
+                     first_metrics: dict[str, Any] | None = None) -> LoopSpec:
+    """A LoopSpec from the shared fields of a :class:`rlhfkit.train.options.TrainConfig`."""
+    return LoopSpec(
+        name=name, out_dir=Path(out_dir), total_steps=total_steps, batch_size=config.batch_size, lengths=lengths,
+        seed=config.seed if seed is None else seed, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        group_by_length=group_by_length, max_grad_norm=config.optim.max_grad_norm, log_every=config.log_every,
+        eval_every=config.eval_every, save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
+        tensorboard=config.tensorboard, progress=config.progress, first_metrics=dict(first_metrics or {}),
+    )

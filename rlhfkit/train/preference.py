@@ -36,12 +36,12 @@ from rlhfkit.config import require, save_config
 from rlhfkit.data.tokenize import TruncationStats
 from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preference_stats, kto_loss,
                             kto_reference_point, orpo_loss, simpo_loss)
-from rlhfkit.models.loading import LoraSettings, load_causal_lm, load_tokenizer, save_model
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
 from rlhfkit.ops import masked_mean
 from rlhfkit.train import common
 from rlhfkit.train import preference_data as D
-from rlhfkit.train.loop import LoopSpec, train_loop
-from rlhfkit.train.sft import OptimConfig
+from rlhfkit.train.loop import spec_from_config, train_loop
+from rlhfkit.train.options import OptimConfig, TrainConfig
 
 log = logging.getLogger("rlhfkit")
 
@@ -54,62 +54,27 @@ REFERENCE_FILE = "reference_logps.pt"
 
 
 @dataclass
-class PreferenceConfig:
-    """Fields every direct preference method shares."""
+class PreferenceConfig(TrainConfig):
+    """Fields every direct preference method shares (the rest come from TrainConfig)."""
 
     model: str = ""
     """initial policy, usually the SFT model folder; it is also the reference policy"""
     data: str = ""
     """preferences: JSONL or HF dataset of pairwise {prompt, chosen, rejected[, label_prob]} and/or ranking records (KTO also reads unpaired {prompt, completion, label})"""
-    eval_data: str | None = None
-    """held-out preferences; if unset, ``eval_fraction`` of ``data`` is held out"""
     eval_fraction: float = 0.05
     """fraction of records held out for held-out rewards/accuracies when ``eval_data`` is unset (0: none)"""
     output_dir: str = "runs/dpo"
     """run folder: config.yaml, metrics.jsonl, reference_logps.pt, eval.json, checkpoints/, final/"""
-    max_length: int = 512
-    """longest prompt + response in tokens (prompt cut from the left first, then the response)"""
-    max_prompt_length: int | None = None
-    """prompts are cut from the left to this length first (default: max_length - 1)"""
-    ties: Literal["skip", "soft"] = "skip"
-    """tied responses of a ranking: not trained on, or kept as label_prob = 0.5 pairs (soft-label DPO only)"""
     batch_size: int = 8
     """preference pairs (KTO: examples) per micro-batch"""
-    gradient_accumulation_steps: int = 1
-    """micro-batches per optimiser step"""
-    max_steps: int = 0
-    """optimiser steps; 0 means ``num_epochs`` passes over the data"""
-    num_epochs: float = 1.0
-    """passes over the data when max_steps is 0"""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-6, warmup_ratio=0.1))
     """optimiser and schedule"""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast (training and the reference pass) or fp32"""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA settings (lora.r = 0: full fine-tuning)"""
-    log_every: int = 10
-    """optimiser steps between metric lines"""
-    eval_every: int = 0
-    """optimiser steps between held-out evaluations (0: at the end only)"""
-    save_every: int = 200
-    """optimiser steps between checkpoints (0: at the end only)"""
-    keep_checkpoints: int = 2
-    """newest checkpoints kept"""
     seed: int = 0
     """seed of the data order, the held-out split and KTO's mismatched pairs"""
-    tensorboard: bool = False
-    """also write TensorBoard event files"""
-    progress: bool = True
-    """progress bar / periodic progress lines"""
-
-    def validate(self) -> None:
-        require(bool(self.model), "model: set the initial policy folder (model=path)")
-        require(bool(self.data), "data: set the preference file (data=path.jsonl)")
-        require(self.batch_size > 0, "batch_size must be positive")
-        require(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be positive")
-        require(self.max_steps >= 0, "max_steps must be >= 0")
-        require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
-        require(self.max_length > 1, "max_length must exceed 1")
+    ties: Literal["skip", "soft"] = "skip"
+    """tied responses of a ranking: not trained on, or kept as label_prob = 0.5 pairs (soft-label DPO only)"""
 
 
 @dataclass
@@ -400,8 +365,7 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     tokenizer = load_tokenizer(config.model)
     splits, first_metrics = _load(config, objective, tokenizer)
     train, held = splits["train"], splits["eval"]
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size) // config.gradient_accumulation_steps)
-    total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))
+    total_steps = config.total_steps(len(train))
 
     model = load_causal_lm(config.model, lora=config.lora)
     optimizer = common.build_optimizer(model.parameters(), lr=config.optim.learning_rate,
@@ -464,13 +428,8 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
         held_metrics.update({f"eval/{k}": v / len(held) for k, v in totals.items()})
         return dict(held_metrics)
 
-    spec = LoopSpec(name=objective.name, out_dir=out_dir, total_steps=total_steps, batch_size=config.batch_size,
-                    lengths=[len(ex) for ex in train], seed=config.seed,
-                    gradient_accumulation_steps=config.gradient_accumulation_steps,
-                    max_grad_norm=config.optim.max_grad_norm, log_every=config.log_every,
-                    eval_every=config.eval_every, save_every=config.save_every,
-                    keep_checkpoints=config.keep_checkpoints, tensorboard=config.tensorboard,
-                    progress=config.progress, first_metrics=first_metrics)
+    spec = spec_from_config(config, name=objective.name, out_dir=out_dir, total_steps=total_steps,
+                            lengths=[len(ex) for ex in train], first_metrics=first_metrics)
     train_loop(spec, accelerator, model, optimizer, scheduler, step_fn=step_fn,
                weight_fn=lambda idx: float(len(idx)), eval_fn=eval_fn if held else None, resume=resume)
 

@@ -22,29 +22,27 @@ from rlhfkit.data.rankings import expand_ranking
 from rlhfkit.data.records import DataError, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
-from rlhfkit.models.loading import LoraSettings, load_tokenizer, save_model
+from rlhfkit.models.loading import load_tokenizer, save_model
 from rlhfkit.models.reward import BIAS_KEY, RewardScorer, load_reward_model, reward_forward
 from rlhfkit.train import common
-from rlhfkit.train.loop import LoopSpec, train_loop
-from rlhfkit.train.sft import OptimConfig
+from rlhfkit.train.loop import spec_from_config, train_loop
+from rlhfkit.train.options import OptimConfig, TrainConfig
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(TrainConfig):
     model: str = ""
     """initial model: the SFT policy folder (a new scalar head is added) or a reward model folder"""
     data: str = ""
     """preferences: JSONL or HF dataset of pairwise {prompt, chosen, rejected} and/or ranking records"""
-    eval_data: str | None = None
-    """held-out preferences; if unset, ``eval_fraction`` of ``data`` is held out"""
     eval_fraction: float = 0.1
     """fraction of records held out for evaluation when ``eval_data`` is unset"""
     output_dir: str = "runs/reward"
     """run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, final/"""
-    max_length: int = 512
-    """longest prompt + response in tokens (the scorer applies the same limit)"""
-    max_prompt_length: int | None = None
-    """prompts are cut from the left to this length first (default: max_length - 1)"""
+    batch_size: int = 8
+    """preference records per micro-batch (a ranking counts as one)"""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-5))
+    """optimiser and schedule"""
     ties: Literal["skip", "soft"] = "skip"
     """tied responses in a ranking: not trained on, or trained with a 0.5 soft label"""
     center_rewards_coefficient: float = 0.0
@@ -53,40 +51,10 @@ class RewardConfig:
     """members trained with different seeds and data orders; scoring returns their mean and std"""
     reference_data: str | None = None
     """records whose (prompt, completion) or (prompt, chosen) define reward 0 (InstructGPT normalisation); default: the chosen responses of ``data``"""
-    batch_size: int = 8
-    """preference records per micro-batch"""
-    gradient_accumulation_steps: int = 1
-    """micro-batches per optimiser step"""
-    max_steps: int = 0
-    """optimiser steps per member; 0 means ``num_epochs`` passes"""
-    num_epochs: float = 1.0
-    """passes over the data when max_steps is 0"""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-5))
-    """optimiser and schedule"""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast or fp32"""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA settings (lora.r = 0: full fine-tuning)"""
-    log_every: int = 10
-    """steps between metric lines"""
-    eval_every: int = 0
-    """steps between held-out evaluations (0: at the end only)"""
-    save_every: int = 200
-    """steps between checkpoints"""
-    keep_checkpoints: int = 2
-    """newest checkpoints kept"""
-    seed: int = 0
-    """seed of the head initialisation, data order and split (member k uses seed + k)"""
-    tensorboard: bool = False
-    """also write TensorBoard event files"""
-    progress: bool = True
-    """progress bar / periodic progress lines"""
 
     def validate(self) -> None:
-        require(bool(self.model), "model: set the initial model folder (model=path)")
-        require(bool(self.data), "data: set the preference file (data=path.jsonl)")
+        super().validate()
         require(self.ensemble_size >= 1, "ensemble_size must be >= 1")
-        require(self.batch_size > 0, "batch_size must be positive")
         require(self.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0")
 
 
@@ -259,8 +227,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     common.set_seed(seed)
     accelerator = common.make_accelerator(config.precision)
     model = load_reward_model(config.model, lora=config.lora)
-    steps_per_epoch = max(1, math.ceil(len(groups) / config.batch_size) // config.gradient_accumulation_steps)
-    total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))
+    total_steps = config.total_steps(len(groups))
     optimizer = common.build_optimizer(model.parameters(), lr=config.optim.learning_rate,
                                        weight_decay=config.optim.weight_decay)
     scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * total_steps),
@@ -279,14 +246,9 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
                               max_prompt_length=config.max_prompt_length, biases=[0.0])
         return {"eval/accuracy": evaluate_reward(scorer, eval_groups)["accuracy"]}
 
-    spec = LoopSpec(name=f"reward[{k}]" if config.ensemble_size > 1 else "reward", out_dir=out_dir,
-                    total_steps=total_steps, batch_size=config.batch_size,
-                    lengths=[sum(len(s) for s in g.seqs) for g in groups], seed=seed,
-                    gradient_accumulation_steps=config.gradient_accumulation_steps,
-                    max_grad_norm=config.optim.max_grad_norm, log_every=config.log_every,
-                    eval_every=config.eval_every, save_every=config.save_every,
-                    keep_checkpoints=config.keep_checkpoints, tensorboard=config.tensorboard,
-                    progress=config.progress, first_metrics=first_metrics)
+    spec = spec_from_config(config, name=f"reward[{k}]" if config.ensemble_size > 1 else "reward", out_dir=out_dir,
+                            total_steps=total_steps, lengths=[sum(len(s) for s in g.seqs) for g in groups],
+                            seed=seed, first_metrics=first_metrics)
     train_loop(spec, accelerator, model, optimizer, scheduler, step_fn=step_fn,
                weight_fn=lambda idx: float(len(idx)), eval_fn=eval_fn if config.eval_every else None, resume=resume)
     model = accelerator.unwrap_model(model)

@@ -467,7 +467,8 @@ class RunState:
         """Log this iteration's metrics and checkpoint when due."""
         self.state.step += 1
         self.logger.log(self.state.step, metrics)
-        self.progress.update(self.state.step, {k.split("/")[-1]: metrics[k] for k in show if k in metrics})
+        self.progress.update(self.state.step, {k.replace("objective/", "").replace("/", "_"): metrics[k]
+                                              for k in show if k in metrics})
         every = self.config.save_every
         if (every and self.state.step % every == 0) or self.done:
             self.state.extra = {**self.extra, "shuffle": self.shuffle.get_state()}
