@@ -42,6 +42,14 @@ def test_sft_beats_the_pretrained_model_on_gold(quick_demo):
 
 
 @pytest.mark.slow
+def test_reward_model_beats_chance_against_gold(quick_demo):
+    # trained on the panel's labels of SFT samples, judged on held-out pairs by the gold reward
+    entry = json.loads((quick_demo / "summary.json").read_text())["methods"]["reward_model"]
+    assert entry["heldout_pairs"] >= 15
+    assert entry["accuracy_vs_gold"] > 0.55
+
+
+@pytest.mark.slow
 def test_demo_stages_are_cached(quick_demo):
     from rlhfkit.cli import main
 

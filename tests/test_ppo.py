@@ -15,7 +15,7 @@ from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train.ppo import PPOConfig, run_ppo, token_rewards
 from rlhfkit.train.rl_common import ActorCritic, Reference, RLConfig, collect, token_values
-from rlhfkit.train.sft import OptimConfig
+from rlhfkit.train.options import OptimConfig
 
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]
 
@@ -201,6 +201,12 @@ def test_ppo_raises_a_python_reward_with_sane_invariants(tiny_model_dir, prompt_
     assert any(r["objective/kl"] > 0.5 for r in m) and any(r["objective/kl"] < 0.5 for r in m)
     first, last = sum(r["objective/scores"] for r in m[:3]) / 3, sum(r["objective/scores"] for r in m[-3:]) / 3
     assert last > first + 0.1, (first, last)
+    # the demo's proxy-vs-gold table reads the same metrics
+    from rlhfkit.demo_steps.rl import curve_section, read_curve
+
+    curve = read_curve(out)
+    assert [r["gold"] for r in curve] == [r["gold/reward"] for r in m]
+    assert "| 12 | " in curve_section({"ppo": curve})
 
     from transformers import AutoModelForCausalLM
 

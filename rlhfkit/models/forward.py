@@ -32,11 +32,15 @@ def shifted_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     in row-major order of the selected target positions.
     """
     target = select[:, 1:].bool()  # (B, T-1): which next-token predictions are needed
+    # positions count real tokens only, as generate() does for left-padded prompts (this matters
+    # for absolute-position models; for RoPE a constant shift changes nothing)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     decoder, head = _decoder_and_head(model)
     if decoder is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-        return logits[:, :-1][target]
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        return logits[:, :-1][target]  # logits: (B, T, V)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids).last_hidden_state  # (B, T, H)
     return head(hidden[:, :-1][target])  # (N, V)
 
 

@@ -31,7 +31,7 @@ from rlhfkit.rewards import RewardSettings, RewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import decode_responses
 from rlhfkit.train import common
-from rlhfkit.train.sft import OptimConfig
+from rlhfkit.train.options import OptimConfig
 
 log = logging.getLogger("rlhfkit")
 
