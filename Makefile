@@ -18,7 +18,7 @@ $(VENV)/.base: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(BIN)/pip install -q -e '.[test,app]'
+	$(BIN)/pip install -q -e '.[test,app,bench]'
 	touch $@
 
 bootstrap: $(VENV)/.base
