@@ -22,7 +22,7 @@ def preference_rows(n, seed):
         prompt = f"User: what color is the {name}?\nAssistant:"
         if i % 3 == 2:  # a K=3 ranking every third record
             rows.append({"prompt": prompt, "responses": [f" the {name} is blue.", f" the {name} is red.",
-                                                         f" it is blue, i think."], "ranking": [1, [0, 2]]})
+                                                         " it is blue, i think."], "ranking": [1, [0, 2]]})
         else:
             rows.append({"prompt": prompt, "chosen": f" the {name} is red.", "rejected": f" the {name} is blue.",
                          "annotator": rng.choice(["ann-a", "ann-b"])})

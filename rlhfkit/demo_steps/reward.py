@@ -10,7 +10,6 @@ own agreement with gold: the noise ceiling a reward model trained on these label
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from rlhfkit.data.records import write_jsonl
 from rlhfkit.pipeline import DemoContext, DemoStageConfig, random_for

@@ -85,6 +85,28 @@ def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, min_ratio: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimizer_and_schedule(params, optim, *, total_steps: int, extra_groups: tuple = ()):
+    """AdamW + warm-up/cosine from an ``OptimConfig``; ``extra_groups`` (e.g. a value model with its
+    own rate) are added before the schedule is built, so it scales them too."""
+    optimizer = build_optimizer(params, lr=optim.learning_rate, weight_decay=optim.weight_decay)
+    for group in extra_groups:
+        optimizer.add_param_group(group)
+    scheduler = warmup_cosine(optimizer, warmup_steps=int(optim.warmup_ratio * total_steps),
+                              total_steps=total_steps, min_ratio=optim.min_lr_ratio)
+    return optimizer, scheduler
+
+
+def start_run(config) -> Path:
+    """Create the run folder, write the resolved ``config.yaml`` into it and seed the RNGs."""
+    from rlhfkit.config import save_config
+
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    set_seed(config.seed)
+    return out_dir
+
+
 # ---------------------------------------------------------------- metrics and progress
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.config import require, save_config
+from rlhfkit.config import require
 from rlhfkit.losses import grpo_policy_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
 from rlhfkit.ops import group_advantages, kl_estimate, rloo_advantages
@@ -111,10 +111,7 @@ def run_rloo(config: RLOOConfig, *, resume: bool = False, reward_fns: Sequence[C
 def _run(config: GroupConfig, name: str, *, resume: bool, reward_fns: Sequence[Callable],
          gold_fn: Callable | None) -> Path:
     config.validate(extra_rewards=len(reward_fns))
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-    common.set_seed(config.seed)
+    out_dir = common.start_run(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     tokenizer = load_tokenizer(config.model)
@@ -126,10 +123,7 @@ def _run(config: GroupConfig, name: str, *, resume: bool, reward_fns: Sequence[C
     if gold_fn is None and config.gold_function:
         gold_fn = PythonRewardSource(config.gold_function).fn
     generator = HFGenerator(policy, tokenizer, config.sampling)
-    optimizer = common.build_optimizer(policy.parameters(), lr=config.optim.learning_rate,
-                                       weight_decay=config.optim.weight_decay)
-    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * config.total_steps),
-                                     total_steps=config.total_steps, min_ratio=config.optim.min_lr_ratio)
+    optimizer, scheduler = common.optimizer_and_schedule(policy.parameters(), config.optim, total_steps=config.total_steps)
     modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler}
     n = config.num_generations
     run = RunState(config, name, modules, len(prompts), config.batch_size // n, resume=resume)

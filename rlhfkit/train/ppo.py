@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.config import require, save_config
+from rlhfkit.config import require
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.forward import causal_lm_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
@@ -100,16 +100,11 @@ def build_value(config: PPOConfig, policy) -> tuple[object | None, torch.nn.Line
 
 
 def build_optimizer(config: PPOConfig, actor: ActorCritic):
-    optimizer = common.build_optimizer(actor.policy.parameters(), lr=config.optim.learning_rate,
-                                       weight_decay=config.optim.weight_decay)
     value_modules = [m for m in (actor.critic, actor.value_head) if m is not None]
-    if value_modules:
-        optimizer.add_param_group({"params": [p for m in value_modules for p in m.parameters()],
-                                   "lr": config.value_learning_rate or config.optim.learning_rate,
-                                   "weight_decay": 0.0})
-    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * config.total_steps),
-                                     total_steps=config.total_steps, min_ratio=config.optim.min_lr_ratio)
-    return optimizer, scheduler
+    value_group = ({"params": [p for m in value_modules for p in m.parameters()],
+                    "lr": config.value_learning_rate or config.optim.learning_rate, "weight_decay": 0.0},)
+    return common.optimizer_and_schedule(actor.policy.parameters(), config.optim, total_steps=config.total_steps,
+                                         extra_groups=value_group if value_modules else ())
 
 
 def kl_controller(config: PPOConfig):
@@ -159,10 +154,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
     ``lora.save_adapter_only``). ``reward_fns`` are extra Python rewards given in code (weighted
     like ``reward.functions``); ``gold_fn(prompts, responses)`` is logged as gold/reward only."""
     config.validate(extra_rewards=len(reward_fns))
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-    common.set_seed(config.seed)
+    out_dir = common.start_run(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     tokenizer = load_tokenizer(config.model)

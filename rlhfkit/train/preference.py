@@ -32,7 +32,7 @@ from typing import Callable, Literal
 
 import torch
 
-from rlhfkit.config import require, save_config
+from rlhfkit.config import require
 from rlhfkit.data.tokenize import TruncationStats
 from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preference_stats, kto_loss,
                             kto_reference_point, orpo_loss, simpo_loss)
@@ -355,10 +355,7 @@ def run_kto(config: KTOConfig, *, resume: bool = False) -> Path:
 
 
 def train_preference(config: PreferenceConfig, objective: Objective, *, resume: bool = False) -> Path:
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-    common.set_seed(config.seed)
+    out_dir = common.start_run(config)
     accelerator = common.make_accelerator(config.precision)
 
     # 1. records → encoded examples (train / held-out)
@@ -368,10 +365,7 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     total_steps = config.total_steps(len(train))
 
     model = load_causal_lm(config.model, lora=config.lora)
-    optimizer = common.build_optimizer(model.parameters(), lr=config.optim.learning_rate,
-                                       weight_decay=config.optim.weight_decay)
-    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * total_steps),
-                                     total_steps=total_steps, min_ratio=config.optim.min_lr_ratio)
+    optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     device, pad_id = accelerator.device, tokenizer.pad_token_id
     roles = objective.roles + objective.nograd_roles

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.config import require, save_config
+from rlhfkit.config import require
 from rlhfkit.data.rankings import expand_ranking
 from rlhfkit.data.records import DataError, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
@@ -150,9 +150,7 @@ def _split(records, lines, fraction: float, seed: int):
 
 def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train ``ensemble_size`` reward models; returns the final folder (a member or an ensemble)."""
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
+    out_dir = common.start_run(config)
     tokenizer = load_tokenizer(config.model)
     data = load_records(config.data, "preference")
     if config.eval_data:
@@ -228,10 +226,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     accelerator = common.make_accelerator(config.precision)
     model = load_reward_model(config.model, lora=config.lora)
     total_steps = config.total_steps(len(groups))
-    optimizer = common.build_optimizer(model.parameters(), lr=config.optim.learning_rate,
-                                       weight_decay=config.optim.weight_decay)
-    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * total_steps),
-                                     total_steps=total_steps, min_ratio=config.optim.min_lr_ratio)
+    optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
 

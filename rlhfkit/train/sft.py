@@ -13,7 +13,6 @@ from typing import Literal
 
 import torch
 
-from rlhfkit.config import save_config
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, collate_sft, encode_sft_records, pack_documents
 from rlhfkit.models.forward import causal_lm_loss
@@ -110,11 +109,7 @@ def run_pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
 
 def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
-
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-    common.set_seed(config.seed)
+    out_dir = common.start_run(config)
     accelerator = common.make_accelerator(config.precision)
 
     tokenizer = load_tokenizer(config.model)
@@ -123,10 +118,7 @@ def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
     total_steps = config.total_steps(len(train_examples))
 
     model = load_causal_lm(config.model, lora=config.lora)
-    optimizer = common.build_optimizer(model.parameters(), lr=config.optim.learning_rate,
-                                       weight_decay=config.optim.weight_decay)
-    scheduler = common.warmup_cosine(optimizer, warmup_steps=int(config.optim.warmup_ratio * total_steps),
-                                     total_steps=total_steps, min_ratio=config.optim.min_lr_ratio)
+    optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
     n_targets = [sum(1 for label in e["labels"][1:] if label != IGNORE_INDEX) for e in train_examples]
