@@ -155,16 +155,18 @@ class DemoContext:
 
         samples = self.samples(policy_dir, name)
         entry = summarize(self.task, samples, baseline=self.samples(self.sft, "sft"), baseline_name="sft")
-        flat_prompts = [p for p, rs in zip(samples.prompts, samples.responses) for _ in rs]
-        flat_responses = [r for rs in samples.responses for r in rs]
+        flat_prompts, flat_responses = samples.flat()
         tokenizer = load_tokenizer(self.sft)
         flat_ids = [i for ids in samples.response_ids for i in ids] if samples.response_ids else None
         entry["kl_to_sft"] = sequence_kl(load_causal_lm(policy_dir), self._model("sft_model", self.sft),
                                          tokenizer, flat_prompts, flat_responses, response_ids=flat_ids)
         if self.reward is not None:
-            scorer = self._scorer()
-            entry["proxy_reward"] = float(scorer.score(flat_prompts, flat_responses).mean())
+            entry["proxy_reward"] = self.proxy_reward(samples)
         return entry
+
+    def proxy_reward(self, samples) -> float:
+        """Mean score of the run's learned reward model on a policy's samples."""
+        return float(self._scorer().score(*samples.flat()).mean())
 
     def _model(self, key: str, folder: Path):
         from rlhfkit.models.loading import load_causal_lm
@@ -285,10 +287,7 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     methods["sft"] = summarize(task, ctx.samples(sft, "sft"), baseline=pre, baseline_name="pretrained")
     if ctx.reward is not None:
         for name, folder in (("pretrained", pretrained), ("sft", sft)):
-            s = ctx.samples(folder, name)
-            flat_p = [p for p, rs in zip(s.prompts, s.responses) for _ in rs]
-            flat_r = [r for rs in s.responses for r in rs]
-            methods[name]["proxy_reward"] = float(ctx._scorer().score(flat_p, flat_r).mean())
+            methods[name]["proxy_reward"] = ctx.proxy_reward(ctx.samples(folder, name))
     timings["evaluate"] = time.time() - t
     timings["total"] = time.time() - t0
 

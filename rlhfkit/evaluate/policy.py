@@ -24,6 +24,11 @@ class PolicySamples:
     gold: list[list[float]]
     response_ids: list[list[list[int]]] | None = None  # sampled tokens, for exact log-probs
 
+    def flat(self) -> tuple[list[str], list[str]]:
+        """(prompt, response) of every sample, the prompt repeated once per sample."""
+        prompts = [p for p, rs in zip(self.prompts, self.responses) for _ in rs]
+        return prompts, [r for rs in self.responses for r in rs]
+
 
 def sample_and_score(model, tokenizer, task, prompts: list[str], *, n: int, max_new_tokens: int,
                      temperature: float = 1.0, seed: int = 0) -> PolicySamples:
@@ -63,8 +68,7 @@ def sequence_kl(policy, reference, tokenizer, prompts: list[str], responses: lis
 def summarize(task, samples: PolicySamples, *, baseline: PolicySamples | None = None,
               baseline_name: str = "sft") -> dict:
     """The keys every method reports (stable: they are how progress is measured)."""
-    flat_prompts = [p for p, rs in zip(samples.prompts, samples.responses) for _ in rs]
-    flat_responses = [r for rs in samples.responses for r in rs]
+    flat_prompts, flat_responses = samples.flat()
     flat_gold = [g for gs in samples.gold for g in gs]
     rates = M.sycophancy_rates(task, flat_prompts, flat_responses)
     entry = {
