@@ -151,7 +151,7 @@ def _guarded(command):
     def func(args) -> int:
         try:
             return command(args)
-        except (InputError, Refused, NotImplementedError, OSError) as err:
+        except (InputError, Refused, OSError) as err:
             print(f"error: {getattr(err, 'message', None) or err}", file=sys.stderr)
             return 2
 

@@ -69,9 +69,12 @@ class Refused(Exception):
 
 
 def open_storage(url: str) -> "SQLiteStorage":
-    """A store from a path or URL: ``feedback.sqlite`` or ``sqlite:///feedback.sqlite``."""
-    if url.startswith(("postgres://", "postgresql://")):
-        raise NotImplementedError("PostgreSQL storage is not written yet: implement SQLiteStorage's methods for it")
+    """A store from a path or URL: ``feedback.sqlite`` or ``sqlite:///feedback.sqlite``.
+
+    Only SQLite is supported; any other database URL is refused with a clear error rather than
+    being taken for a file name."""
+    if "://" in url and not url.startswith("sqlite:///"):
+        raise Refused(400, f"unsupported database URL {url!r}: only SQLite (a path or sqlite:///path) is supported")
     return SQLiteStorage(url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url)
 
 
