@@ -41,14 +41,15 @@ BATCH_SIZE = 32
 QUICK_STEPS = 6
 
 
-def method_config(ctx, name: str, recipe: Recipe | None = None):
-    """The config of one demo method (also used by tuning scripts with a modified recipe)."""
+def method_config(ctx, name: str, recipe: Recipe | None = None, *, model: Path | None = None, data: Path | None = None):
+    """The config of one demo method (also used by tuning scripts with a modified recipe, and by the
+    AI-feedback step with its own preferences and starting model)."""
     from rlhfkit.train import preference
     from rlhfkit.train.sft import OptimConfig
 
     recipe = recipe or RECIPES[name]
     cls = getattr(preference, recipe.config)
-    return cls(model=str(ctx.sft), data=str(ctx.prefs), output_dir=str(ctx.out / name), max_length=128,
+    return cls(model=str(model or ctx.sft), data=str(data or ctx.prefs), output_dir=str(ctx.out / name), max_length=128,
                eval_fraction=0.05, batch_size=8 if ctx.quick else BATCH_SIZE,
                max_steps=QUICK_STEPS if ctx.quick else recipe.max_steps,
                optim=OptimConfig(learning_rate=recipe.learning_rate, warmup_ratio=0.1),
@@ -56,10 +57,11 @@ def method_config(ctx, name: str, recipe: Recipe | None = None):
                **recipe.params)
 
 
-def train_method(ctx, name: str, recipe: Recipe | None = None) -> Path:
+def train_method(ctx, name: str, recipe: Recipe | None = None, *, model: Path | None = None,
+                 data: Path | None = None) -> Path:
     from rlhfkit.train import common, preference
 
-    config = method_config(ctx, name, recipe)
+    config = method_config(ctx, name, recipe, model=model, data=data)
     config.validate()
     final = Path(config.output_dir) / "final"
     if not (final / "config.json").exists():
