@@ -43,6 +43,8 @@ OPTIONAL_STAGES: dict[str, Stage] = {
     "ppo": Stage("rlhfkit.train.ppo", "PPOConfig", "run_ppo", "PPO against a reward with a KL penalty"),
     "grpo": Stage("rlhfkit.train.group", "GRPOConfig", "run_grpo", "GRPO: group-normalised advantages"),
     "rloo": Stage("rlhfkit.train.group", "RLOOConfig", "run_rloo", "RLOO: leave-one-out baseline"),
+    "judge": Stage("rlhfkit.feedback.judging", "JudgeRunConfig", "run_judge",
+                   "AI preference labels (RLAIF): a judge compares candidate responses"),
 }
 
 
@@ -92,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         from rlhfkit.feedback.app import cli as label_cli
 
         label_cli.register(sub)
+    except ImportError:
+        pass
+    try:
+        from rlhfkit.serve import cli as serve_cli
+
+        serve_cli.register(sub)
     except ImportError:
         pass
     return parser

@@ -1,0 +1,50 @@
+"""Run ``rlhfkit serve`` on loopback in a background thread: for tests, notebooks and scripts.
+
+    with running_model_server([policy_dir, reward_dir]) as base_url:
+        judge = HTTPJudge(base_url + "/v1", ...)
+        HTTPRewardSource(base_url + "/score").score(prompts, responses)
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def running_model_server(model_dir_or_dirs, *, served_name: str | None = None, api_key: str | None = None,
+                         precision: str = "fp32", device: str = "auto", max_new_tokens_limit: int = 1024,
+                         max_context: int | None = None, timeout_s: float = 30.0):
+    """Load the folder(s) (a causal LM and/or a reward model), serve them on 127.0.0.1 at a free
+    port and yield the base URL (no trailing slash; OpenAI clients take ``base_url + "/v1"``).
+    The server stops on exit. ``max_context`` lets a judge's long prompt through a tiny test model
+    (whose max_position_embeddings is small)."""
+    import uvicorn
+
+    from rlhfkit.serve.server import create_app, load_backends
+
+    dirs = [model_dir_or_dirs] if isinstance(model_dir_or_dirs, (str, Path)) else list(model_dir_or_dirs)
+    backends = load_backends(dirs, served_name=served_name, precision=precision, device=device,
+                             max_context=max_context)
+    app = create_app(backends, api_key=api_key, max_new_tokens_limit=max_new_tokens_limit)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race with other tests
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the model server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+        sock.close()
