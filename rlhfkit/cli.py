@@ -45,6 +45,8 @@ OPTIONAL_STAGES: dict[str, Stage] = {
     "rloo": Stage("rlhfkit.train.group", "RLOOConfig", "run_rloo", "RLOO: leave-one-out baseline"),
     "judge": Stage("rlhfkit.feedback.judging", "JudgeRunConfig", "run_judge",
                    "AI preference labels (RLAIF): a judge compares candidate responses"),
+    "constitution": Stage("rlhfkit.feedback.constitution.run", "ConstitutionConfig", "run_constitution",
+                          "Constitutional AI: critique → revision SFT data, then AI preference labels"),
 }
 
 
@@ -135,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit {args.stage}: config error: {err}", file=sys.stderr)
         return 2
     from rlhfkit.data.records import DataError
+    from rlhfkit.feedback.constitution.spec import ConstitutionError
 
     try:
         result = getattr(module, stage.run)(config, resume=args.resume)
-    except (DataError, FileNotFoundError) as err:
+    except (DataError, ConstitutionError, FileNotFoundError) as err:
         print(f"rlhfkit {args.stage}: {err}", file=sys.stderr)
         return 1
+    except ConfigError as err:  # raised once the config meets the files it names (a judge template, ...)
+        print(f"rlhfkit {args.stage}: config error: {err}", file=sys.stderr)
+        return 2
     if result is not None:
         print(f"done: {result}")
     return 0

@@ -234,13 +234,19 @@ def _check_same_judge(prefs: Path, name: str) -> None:
 
 
 def _sampled_candidates(config: JudgeRunConfig, path: Path) -> list[dict]:
-    """Sample the candidates once and keep them, so a resumed run judges the very same texts."""
+    prompts = [r["prompt"] for r in load_records(config.data, "prompt", limit=config.max_items)]
+    return sample_candidates(config.policy, prompts, path, n=config.n_candidates,
+                             max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
+
+
+def sample_candidates(policy: str, prompts: list, path: Path, *, n: int, max_new_tokens: int, temperature: float,
+                      seed: int) -> list[dict]:
+    """``n`` responses per prompt from ``policy``, sampled once and kept in ``path``, so a resumed run
+    judges the very same texts."""
     if path.exists():
         return load_candidates(str(path))
     from rlhfkit.rollout.sample import sample_texts
 
-    prompts = [r["prompt"] for r in load_records(config.data, "prompt", limit=config.max_items)]
-    responses = sample_texts(config.policy, prompts, n=config.n_candidates, max_new_tokens=config.max_new_tokens,
-                             temperature=config.temperature, seed=config.seed)
+    responses = sample_texts(policy, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     write_jsonl(({"prompt": p, "responses": r} for p, r in zip(prompts, responses)), path)
     return load_candidates(str(path))
