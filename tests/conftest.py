@@ -32,3 +32,14 @@ def tiny_tokenizer(tiny_model_dir):
     from rlhfkit.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster when the CPU is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

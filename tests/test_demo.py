@@ -35,6 +35,20 @@ def test_quick_demo_writes_summary_and_report(quick_demo):
 
 
 @pytest.mark.slow
+def test_ai_feedback_entries(quick_demo):
+    methods = json.loads((quick_demo / "summary.json").read_text())["methods"]
+    rlaif, cai = methods["rlaif"], methods["cai"]
+    assert 0.0 <= rlaif["judge_agreement_with_gold"] <= 1.0 and -0.5 <= rlaif["judge_position_bias"] <= 0.5
+    assert cai["revision_gold_gain"] == pytest.approx(cai["revision_gold"] - cai["initial_response_gold"])
+    report = (quick_demo / "report.md").read_text()
+    assert "## AI feedback" in report and "position bias" in report
+    for stage in ("judge", "cai_helper", "sl_cai", "rlaif", "cai"):
+        assert (quick_demo / stage / "final" / "config.json").exists(), stage
+    prefs = [json.loads(line) for line in (quick_demo / "data" / "prefs_rlaif.jsonl").read_text().splitlines()]
+    assert prefs and all(0.5 <= r["label_prob"] <= 1.0 and r["judge"] for r in prefs)
+
+
+@pytest.mark.slow
 def test_sft_beats_the_pretrained_model_on_gold(quick_demo):
     methods = json.loads((quick_demo / "summary.json").read_text())["methods"]
     assert methods["sft"]["gold_reward"] > methods["pretrained"]["gold_reward"]

@@ -22,12 +22,7 @@ from rlhfkit.feedback.judges import (BothOrdersJudge, HTTPJudge, Judge, JudgeCon
 from rlhfkit.feedback.judges.http import choice_probability, parse_choice
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sigmoid(x):

@@ -7,11 +7,10 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from rlhfkit.serve.loopback import serve_on_loopback
 
 
 @contextmanager
@@ -22,29 +21,11 @@ def running_model_server(model_dir_or_dirs, *, served_name: str | None = None, a
     port and yield the base URL (no trailing slash; OpenAI clients take ``base_url + "/v1"``).
     The server stops on exit. ``max_context`` lets a judge's long prompt through a tiny test model
     (whose max_position_embeddings is small)."""
-    import uvicorn
-
     from rlhfkit.serve.server import create_app, load_backends
 
     dirs = [model_dir_or_dirs] if isinstance(model_dir_or_dirs, (str, Path)) else list(model_dir_or_dirs)
     backends = load_backends(dirs, served_name=served_name, precision=precision, device=device,
                              max_context=max_context)
     app = create_app(backends, api_key=api_key, max_new_tokens_limit=max_new_tokens_limit)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race with other tests
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("the model server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout_s)
-        sock.close()
+    with serve_on_loopback(app, timeout_s=timeout_s, what="model server") as base_url:
+        yield base_url
