@@ -60,6 +60,14 @@ def test_verdict_record_by_hand():
     assert position_bias(r["prob_chosen_first"], r["prob_chosen_second"]) == pytest.approx(position_bias(0.2, 0.4))
 
 
+def test_identical_and_empty_responses_are_not_compared(tmp_path):
+    items = [{"prompt": "p", "responses": [" same.", "same.", " ", " other."]}]
+    judge = ShorterJudge()
+    counts = judge_candidates(judge, items, tmp_path / "p.jsonl")
+    # pairs (0,1) identical, (0,2) (1,2) (2,3) empty: skipped; (0,3) and (1,3) judged
+    assert counts["new"] == 2 and counts["skipped_identical_or_empty"] == 4 and judge.compared == 2
+
+
 def test_candidate_pairs():
     assert candidate_pairs(3) == [(0, 1), (0, 2), (1, 2)]
     assert candidate_pairs(3, "first") == [(0, 1)]
@@ -91,7 +99,7 @@ def test_an_interrupted_run_resumes_without_judging_twice(tmp_path):
         handle.write('{"prompt": "User: q')  # a crash in the middle of a line
     judge = ShorterJudge()
     counts = judge_candidates(judge, _items(6), out, chunk_size=2)
-    assert counts == {"new": 14, "already_done": 4, "position_bias": pytest.approx(0.05)}
+    assert counts == {"new": 14, "already_done": 4, "skipped_identical_or_empty": 0, "position_bias": pytest.approx(0.05)}
     assert judge.compared == 14
     done = {(r["item"], tuple(r["pair"])) for r in map(json.loads, out.read_text().splitlines())}
     assert len(done) == 18
@@ -137,6 +145,23 @@ def test_rlhfkit_judge_with_a_python_judge_resumes(tmp_path, shorter_module):
     assert summary["records"] == 9 and summary["new"] == 9 and summary["mean_label_prob"] == pytest.approx(0.9)
     run_judge(config)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["new"] == 0
+
+
+def test_a_resumed_run_refuses_changed_data_and_survives_a_torn_first_line(tmp_path, shorter_module):
+    data = tmp_path / "cands.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in _items(3)))
+    config = JudgeRunConfig(data=str(data), output_dir=str(tmp_path / "run"))
+    config.judge.kind, config.judge.function = "python", shorter_module
+    prefs = tmp_path / "run" / "prefs.jsonl"
+    prefs.parent.mkdir()
+    prefs.write_text('{"prompt": "User: q0?')  # the crash came in the middle of the first line
+    run_judge(config)
+    assert len(prefs.read_text().splitlines()) == 9
+    changed = _items(3)
+    changed[1]["prompt"] = "User: something else?\nAssistant:"
+    data.write_text("".join(json.dumps(item) + "\n" for item in changed))
+    with pytest.raises(DataError, match=r"prefs.jsonl:4: field 'item': labels item 1 pair \[0, 1\]"):
+        run_judge(config)
 
 
 def test_rlhfkit_judge_names_the_bad_line(tmp_path, shorter_module):

@@ -37,6 +37,9 @@ def test_default_and_task_constitutions_load():
     assert len(default.principles) >= 8 and len(default.comparison_principles) >= 6
     assert all(p.critique and p.revision for p in default.principles)
     assert load_constitution("default") == default
+    from rlhfkit.feedback.constitution import DEFAULT_CONSTITUTION
+
+    assert "principles:" in DEFAULT_CONSTITUTION.read_text(encoding="utf-8")  # shipped as package data
     from rlhfkit.tasks.facts_ai import CONSTITUTION
 
     facts = load_constitution(CONSTITUTION)
@@ -55,13 +58,17 @@ def test_default_and_task_constitutions_load():
     ("- name: honest\n", 1, ["must be a mapping"]),
     (GOOD + "extra: 1\n", 12, ["unknown key 'extra'"]),
     ("principles: []\n", 1, ["principles", "at least one principle"]),
+    # a field given twice: YAML would keep the second silently
+    (GOOD.replace("    revision: say it kindly.\n", "    revision: say it kindly.\n    critique: again?\n"), 9,
+     ["principles[1]", "'critique' given twice (first on line 7)"]),
+    ("# nothing yet\n", None, ["the file is empty"]),
 ])
 def test_malformed_constitutions_name_the_line_and_field(tmp_path, bad, line, words):
     path = _write(tmp_path, bad)
     with pytest.raises(ConstitutionError) as err:
         load_constitution(path)
     message = str(err.value)
-    assert message.startswith(f"{path}:{line}:"), message
+    assert message.startswith(f"{path}:{line}:" if line else f"{path}:"), message
     for w in words:
         assert w in message, message
 
@@ -73,7 +80,8 @@ def test_prompt_messages_round_trip_through_the_chat_template(tiny_tokenizer):
     assert prompt_messages(task_prompt) == [{"role": "user", "content": "what color is the dax?"}]
     assert render_prompt(tiny_tokenizer, prompt_messages(task_prompt)) == task_prompt
     messages = [{"role": "user", "content": "hi"}]
-    assert prompt_messages(messages) == messages and prompt_messages("hello there") == [{"role": "user", "content": "hello there"}]
+    assert prompt_messages(messages) == messages
+    assert prompt_messages("hello there") == [{"role": "user", "content": "hello there"}]
 
 
 def test_records_and_pairs():
@@ -107,16 +115,42 @@ def test_critique_and_revise_on_a_tiny_model(tiny_model_dir, tiny_tokenizer, tmp
     assert [e.initial for e in given] == ["a", "b"]
 
 
+def test_each_round_sees_the_prompt_and_the_current_response_only(monkeypatch, tmp_path):
+    # generation replaced by a recorder: the answer to any conversation is "r<number of calls>"
+    import rlhfkit.rollout.sample as sample
+
+    seen = []
+
+    def fake_generate(model, tokenizer, conversations, *, n, seed, **kwargs):
+        seen.append(conversations)
+        return [[f" r{len(seen)}"] for _ in conversations]
+
+    monkeypatch.setattr(sample, "generate_texts", fake_generate)
+    constitution = load_constitution(_write(tmp_path, GOOD))
+    [example] = critique_and_revise(None, None, ["User: hi\nAssistant:"], constitution, n_revisions=2, rng_seed=1)
+    # calls: 1 initial, 2 critique, 3 revision (round 0), 4 critique, 5 revision (round 1)
+    assert example.initial == "r1" and [s["critique"] for s in example.steps] == ["r2", "r4"]
+    assert example.final == "r5" and [s["revision"] for s in example.steps] == ["r3", "r5"]
+    first, second = (constitution.sample_principle(random.Random(f"1:0:{r}")) for r in range(2))
+    user = {"role": "user", "content": "hi"}
+    assert seen[1] == [[user, {"role": "assistant", "content": "r1"}, {"role": "user", "content": first.critique}]]
+    revise = [{"role": "assistant", "content": "r2"}, {"role": "user", "content": first.revision}]
+    assert seen[2] == [seen[1][0] + revise]
+    # round 1 starts again from the prompt, with round 0's revision as the response
+    assert seen[3] == [[user, {"role": "assistant", "content": "r3"}, {"role": "user", "content": second.critique}]]
+
+
 @pytest.fixture
 def judge_module(tmp_path, monkeypatch):
     (tmp_path / "cai_judges.py").write_text(
-        "def shorter(prompt, a, b, criterion=None):\n    return 0.8 if len(a) < len(b) else 0.2\n")
+        "def shorter(prompt, a, b, criterion=None):\n    return 0.8 if len(a) < len(b) else 0.2\n\n"
+        "def longer(prompt, a, b):\n    return 0.2 if len(a) < len(b) else 0.8\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "cai_judges:shorter"
 
 
 @pytest.mark.slow
-def test_rlhfkit_constitution_end_to_end_and_resume(tiny_model_dir, tmp_path, judge_module):
+def test_rlhfkit_constitution_end_to_end_and_resume(tiny_model_dir, tmp_path, judge_module, capsys):
     from rlhfkit.cli import main
 
     prompts = tmp_path / "prompts.jsonl"
@@ -152,6 +186,16 @@ def test_rlhfkit_constitution_end_to_end_and_resume(tiny_model_dir, tmp_path, ju
     by_index = {s["index"]: s for s in steps}
     assert all([x["principle"] for x in s["steps"]] == [x["principle"] for x in by_index[s["index"]]["steps"]]
                for s in redone)
+    # a rerun that would mix two runs' data stops, naming the file, the line and the field
+    capsys.readouterr()
+    assert main(args + ["n_revisions=1"]) == 1
+    assert "cai_steps.jsonl:1: field 'steps': 2 rounds, but n_revisions=1" in capsys.readouterr().err
+    assert main(args + ["judge.function=cai_judges:longer"]) == 1
+    assert "feedback_prefs.jsonl:1: field 'judge'" in capsys.readouterr().err
+    # fewer prompts: the supervised outputs keep only those (the saved steps of the others stay)
+    assert main(args + ["max_prompts=3", "feedback=false"]) == 0
+    assert len((out / "revision_pairs.jsonl").read_text().splitlines()) <= 3
+    assert json.loads((out / "summary.json").read_text())["prompts"] == 3
 
 
 def test_feedback_phase_needs_comparison_principles(tiny_model_dir, tmp_path, judge_module, capsys):
@@ -163,3 +207,29 @@ def test_feedback_phase_needs_comparison_principles(tiny_model_dir, tmp_path, ju
     rc = main(["constitution", f"model={tiny_model_dir}", f"prompts={prompts}", f"constitution={constitution}",
                "judge.kind=python", f"judge.function={judge_module}", "--output-dir", str(tmp_path / "run")])
     assert rc == 1 and "comparison_principles is empty" in capsys.readouterr().err
+
+
+def test_a_judge_can_veto_revisions(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from rlhfkit.feedback.judges.base import Judge, Verdict
+    from rlhfkit.models.loading import load_causal_lm
+
+    class Fixed(Judge):
+        def __init__(self, prob):
+            self.prob, self.seen = prob, []
+
+        def compare_batch(self, prompts, a, b, *, criterion=None):
+            self.seen.append((list(a), list(b)))
+            return [Verdict(prob_a=self.prob) for _ in a]
+
+    model = load_causal_lm(tiny_model_dir)
+    constitution = load_constitution(_write(tmp_path, GOOD))
+    prompts = ["User: what color is the dax?\nAssistant:"] * 2
+    kwargs = dict(n_revisions=2, rng_seed=1, max_new_tokens=6, initial_responses=[" red.", " blue."])
+    vetoed = critique_and_revise(model, tiny_tokenizer, prompts, constitution, accept_judge=Fixed(0.2), **kwargs)
+    assert [e.final for e in vetoed] == ["red.", "blue."]  # every revision lost: the responses stand
+    assert all(s["accepted"] is False and s["revision"] == e.initial for e in vetoed for s in e.steps)
+    judge = Fixed(0.9)
+    kept = critique_and_revise(model, tiny_tokenizer, prompts, constitution, accept_judge=judge, **kwargs)
+    assert all(s["accepted"] == bool(s["proposed"].strip()) for e in kept for s in e.steps)
+    # the judge compares each revision (a) with the response it revises (b)
+    assert judge.seen[0][1] == ["red.", "blue."] and judge.seen[0][0] == [e.steps[0]["proposed"] for e in kept]

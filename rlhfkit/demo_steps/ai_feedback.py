@@ -7,15 +7,20 @@
    (``data/prefs_rlaif.jsonl``, soft labels = the judge's probability); DPO with the demo's DPO
    recipe trains on them from the SFT model. The entry adds ``judge_agreement_with_gold``,
    ``judge_position_bias`` (see ``Verdict.position_bias``) and, for comparison, how often the
-   panel's majority agreed with gold on the same pairs.
+   panel's label (a three-vote majority, or one annotator's best-vs-worst of a ranking) agreed with
+   gold on the same pairs.
 3. **Constitutional AI** (``cai``): a copy of the SFT model is taught the critique and revision turns
-   (``facts_ai.cai_records``) into ``<run>/cai_helper/``; it answers the RL prompts, critiques and
-   revises its answers under principles drawn from the task's constitution (``n_revisions`` rounds);
-   SL-CAI fine-tunes the SFT model on the final revisions (``<run>/sl_cai/``); the judge then
-   labels pairs of SL-CAI samples under drawn comparison principles, and DPO from SL-CAI on those
-   labels gives the ``cai`` policy (RL-CAI, with DPO in place of a preference model + PPO). The entry
-   adds ``revision_gold_gain`` (mean gold of final revisions minus initial responses) and the SL-CAI
-   model's own gold reward.
+   (``facts_ai.cai_records``, mixed with the SFT demonstrations so that it still answers as the SFT
+   model does) into ``<run>/cai_helper/``. Through ``rlhfkit constitution``'s code it answers the RL
+   prompts, then critiques and revises its answers under principles drawn from the task's
+   constitution (``N_REVISIONS`` rounds, everything sampled at temperature 1 like the evaluation, so
+   the gain is the revisions' and not a sharper sampler's; a revision is kept only when the judge
+   prefers it, because the tiny model rewrites clean answers for the worse about as often as it
+   fixes flawed ones); SL-CAI fine-tunes the SFT model on the
+   final revisions (``<run>/sl_cai/``); the judge then labels pairs of SL-CAI samples under drawn
+   comparison principles, and DPO from SL-CAI on those labels gives the ``cai`` policy (RL-CAI, with
+   DPO in place of a preference model + PPO). The entry adds ``revision_gold_gain`` (mean gold of
+   final revisions minus initial responses) and the SL-CAI model's own gold reward.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ N_REVISIONS = 2
 CAI_PROMPTS = 1500
 """RL prompts that go through critique and revision (SL-CAI data), and whose SL-CAI samples the judge compares"""
 SL_CAI_STEPS = 120
+CAI_TEMPERATURE = 1.0
+"""sampling temperature of answers, critiques and revisions: the policy's own (a lower one would raise
+gold by sharpening alone, and the gain would not be the revisions')"""
 QUICK = {"judge_records": 600, "judge_steps": 20, "cai_records": 200, "cai_helper_steps": 10, "cai_prompts": 16,
          "sl_cai_steps": 4}
 
@@ -108,22 +116,26 @@ def judge_config(ctx, judge_dir: Path):
 
 
 def run_cai(ctx, judge_cfg) -> dict:
+    from rlhfkit.data.records import load_records
     from rlhfkit.demo_steps.preference import RECIPES, train_method
     from rlhfkit.feedback.constitution import load_constitution
     from rlhfkit.feedback.constitution.run import ConstitutionConfig, run_constitution
     from rlhfkit.tasks import facts_ai
 
     constitution = load_constitution(facts_ai.CONSTITUTION)
-    # 1. teach a copy of the SFT model the critique and revision turns
+    # 1. teach a copy of the SFT model the critique and revision turns; the SFT demonstrations stay in
+    #    the mix, or the helper forgets how to answer (its own answers are the initial responses)
     records = facts_ai.cai_records(ctx.task, constitution, _budget(ctx, "cai_records", CAI_RECORDS), rng_seed=ctx.seed + 21)
+    records += load_records(ctx.out / "data" / "sft.jsonl", "sft").records[: len(records) // 2]
     helper = _supervised(ctx, "cai_helper", ctx.sft, records, _budget(ctx, "cai_helper_steps", CAI_HELPER_STEPS),
                          lr=1e-3, max_length=192)
     # 2. supervised phase: answer, critique, revise (Bai et al. 2022, sec. 3)
     n_prompts = _budget(ctx, "cai_prompts", CAI_PROMPTS)
     config = ConstitutionConfig(model=str(helper), prompts=str(ctx.rl_prompts), constitution=str(facts_ai.CONSTITUTION),
                                 output_dir=str(ctx.out / "cai_data"), n_revisions=N_REVISIONS,
-                                max_new_tokens=ctx.config.max_new_tokens, temperature=0.7, batch_size=64,
-                                seed=ctx.seed, max_prompts=n_prompts, feedback=False, judge=judge_cfg)
+                                max_new_tokens=ctx.config.max_new_tokens, temperature=CAI_TEMPERATURE, batch_size=64,
+                                seed=ctx.seed, max_prompts=n_prompts, feedback=False, judge=judge_cfg,
+                                accept_if_judged_better=True)
     data = run_constitution(config)
     steps = [json.loads(line) for line in (data / "cai_steps.jsonl").read_text().splitlines() if line.strip()]
     initial = [ctx.task.gold(s["prompt"], s["initial"]) for s in steps]
@@ -173,7 +185,7 @@ def report_section(entries: dict) -> str:
         lines.append(f"- **RLAIF** (DPO on the judge's soft labels of the panel's {r['judge_labels']} pairs): gold "
                      f"{r['gold_reward']:.3f}, win rate vs SFT {r.get('win_rate_vs_sft', float('nan')):.3f}, "
                      f"KL {r.get('kl_to_sft', float('nan')):.2f}. Judge agreement with gold "
-                     f"{r['judge_agreement_with_gold']:.3f} (the panel's majority: {r['panel_agreement_with_gold']:.3f}); "
+                     f"{r['judge_agreement_with_gold']:.3f} (the panel's labels of the same pairs: {r['panel_agreement_with_gold']:.3f}); "
                      f"position bias {r['judge_position_bias']:+.3f}; both orders pick the same response in "
                      f"{r['judge_order_consistency']:.1%} of pairs.")
     c = entries.get("cai")

@@ -87,7 +87,8 @@ def judge_candidates(judge: Judge, items: Sequence[dict], output: str | Path, *,
                      criteria: Sequence[str] | None = None, principle_names: Sequence[str] | None = None,
                      seed: int = 0, chunk_size: int = 64) -> dict:
     """Compare the responses of every item (``{"prompt", "responses": [...]}``) and append one
-    pairwise record per comparison to ``output``. With ``criteria`` each comparison draws one of them
+    pairwise record per comparison to ``output`` (pairs of identical or empty responses are skipped
+    and counted: they carry no preference, and pairwise data needs two texts). With ``criteria`` each comparison draws one of them
     (uniformly, seeded by item and pair, so a resumed run draws the same). Returns counts and the
     mean position bias of this run's new verdicts."""
     if criteria is not None and principle_names is not None and len(criteria) != len(principle_names):
@@ -95,11 +96,17 @@ def judge_candidates(judge: Judge, items: Sequence[dict], output: str | Path, *,
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(output, lambda r: (r["item"], tuple(r["pair"])))
+    _check_done_match(output, items)
     todo = []  # (item index, i, j, criterion index or None)
+    skipped = 0
     for index, item in enumerate(items):
         for i, j in candidate_pairs(len(item["responses"]), pairs):
-            if (index, (i, j)) in done or item["responses"][i].strip() == item["responses"][j].strip():
-                continue  # identical responses carry no preference
+            a, b = item["responses"][i].strip(), item["responses"][j].strip()
+            if (index, (i, j)) in done:
+                continue
+            if a == b or not a or not b:
+                skipped += 1  # identical responses carry no preference; pairwise data needs two texts
+                continue
             c = None if not criteria else random.Random(f"{seed}:{index}:{i}:{j}").randrange(len(criteria))
             todo.append((index, i, j, c))
     log.info("judge %s: %d comparisons to make (%d already in %s)", judge.name, len(todo), len(done), output)
@@ -130,7 +137,7 @@ def judge_candidates(judge: Judge, items: Sequence[dict], output: str | Path, *,
             handle.flush()
             n = begin + len(chunk)
             log.info("judge %s: %d/%d comparisons (%.1f/s)", judge.name, n, len(todo), n / max(time.time() - start, 1e-9))
-    return {"new": len(todo), "already_done": len(done),
+    return {"new": len(todo), "already_done": len(done), "skipped_identical_or_empty": skipped,
             "position_bias": sum(biases) / len(biases) if biases else None}
 
 
@@ -160,7 +167,7 @@ class JudgeRunConfig:
     max_items: int | None = None
     """label only the first N records (None: all)"""
     chunk_size: int = 64
-    """comparisons per judge call; the file is flushed after each"""
+    """comparisons per chunk (each shown in both orders); the file is flushed after each chunk"""
     seed: int = 0
     """seed of the sampling"""
 
@@ -200,7 +207,7 @@ def run_judge(config: JudgeRunConfig, *, resume: bool = False) -> Path:
         items = _sampled_candidates(config, out / "candidates.jsonl")
     judge = build_judge(config.judge)
     prefs = out / "prefs.jsonl"
-    _check_same_judge(prefs, judge.name)
+    check_same_judge(prefs, judge.name)
     counts = judge_candidates(judge, items, prefs, pairs=config.pairs, seed=config.seed, chunk_size=config.chunk_size)
     summary = {"judge": judge.name, "items": len(items), **counts, **label_stats(prefs)}
     if getattr(judge, "stats", None):
@@ -224,13 +231,32 @@ def label_stats(prefs: Path) -> dict:
     }
 
 
-def _check_same_judge(prefs: Path, name: str) -> None:
-    if not prefs.exists():
-        return
-    for line in prefs.read_text(encoding="utf-8").splitlines()[:1]:
-        other = json.loads(line).get("judge")
-        if other != name:
-            raise ValueError(f"{prefs} holds labels of judge {other!r}, not {name!r}: use another output_dir")
+def _check_done_match(output: Path, items: Sequence[dict]) -> None:
+    """The labels already in ``output`` must be of these items: a resumed run whose data changed
+    (edited, reordered, other candidates) would otherwise count old labels as done for new prompts."""
+    for number, line in enumerate(output.read_text(encoding="utf-8").splitlines() if output.exists() else [], start=1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        item = items[r["item"]] if r["item"] < len(items) else None
+        if item is not None and max(r["pair"]) >= len(item["responses"]):
+            item = None
+        texts = None if item is None else {item["responses"][r["pair"][0]].strip(), item["responses"][r["pair"][1]].strip()}
+        if item is None or item["prompt"] != r["prompt"] or texts != {r["chosen"].strip(), r["rejected"].strip()}:
+            raise DataError(str(output), number, "item", f"labels item {r['item']} pair {r['pair']}, which is not "
+                            "in this run's data (the data or max_items changed): use another output_dir")
+
+
+def check_same_judge(prefs: Path, name: str) -> None:
+    """One judge per labels file: the pairs already in it would not be labelled again by another."""
+    first = prefs.read_text(encoding="utf-8").split("\n", 1)[0] if prefs.exists() else ""
+    try:
+        judge = json.loads(first).get("judge") if first.strip() else name
+    except json.JSONDecodeError:
+        return  # a torn first line (a crash while writing it): read_done cuts it off
+    if judge != name:
+        raise DataError(str(prefs), 1, "judge", f"holds labels of judge {judge!r}, not "
+                        f"{name!r}: use another output_dir")
 
 
 def _sampled_candidates(config: JudgeRunConfig, path: Path) -> list[dict]:

@@ -157,15 +157,25 @@ def cai_records(task, constitution, n: int, rng_seed: int = 0, *, quality: float
     """SFT records of the two CAI turns, in the conversation layout ``critique_and_revise`` builds:
     [user prompt, assistant response, user critique request] -> critique, and the same plus
     [assistant critique, user revision request] -> revision. Two records per conversation, so ``n``
-    conversations give 2n records."""
+    conversations give 2n records.
+
+    The response is a clean reference answer with probability ``quality``, else that answer with one
+    or two defects; a revision under a principle the response breaks is the clean answer it was made
+    from (an edit of the response, not a fresh answer: same phrasing, defects gone), and under a
+    principle it keeps, the response unchanged."""
     rng = random.Random(f"facts-cai:{task.seed}:{rng_seed}")
     out = []
     for record in task.prompts(n, rng_seed=f"cai:{rng_seed}", split="train"):
         prompt = record["prompt"]
-        response = task.response(prompt, rng, quality)
+        clean = task.reference_response(prompt, rng)
+        response = clean
+        if rng.random() >= quality:
+            response = task.corrupt(prompt, clean, rng)
+            if rng.random() < 0.3:
+                response = task.corrupt(prompt, response, rng)
         principle = constitution.sample_principle(rng)
         text = critique(task, prompt, response, principle.name)
-        revision = (task.reference_response(prompt, rng) if text.strip() != NO_FLAW else response)
+        revision = clean if text.strip() != NO_FLAW else response
         turns = [{"role": "user", "content": user_text(prompt)}, {"role": "assistant", "content": response.strip()},
                  {"role": "user", "content": principle.critique}]
         out.append({"prompt": turns, "completion": text})

@@ -8,7 +8,8 @@
    ``feedback_prefs.jsonl`` (pairwise with ``label_prob``) for ``rlhfkit reward`` or ``rlhfkit dpo``.
 
 Both phases are resumable: steps are appended prompt-chunk by prompt-chunk and judge labels pair by
-pair, and a rerun continues where the last one stopped.
+pair, and a rerun continues where the last one stopped. A rerun checks that what it continues came
+from the same prompts, ``n_revisions`` and judge, so two runs' data are never mixed without a word.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit.config import require, save_config
+from rlhfkit.data.records import DataError
 from rlhfkit.feedback.judges.config import JudgeConfig
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,14 @@ class ConstitutionConfig:
     """use only the first N prompts (None: all)"""
     seed: int = 0
     """seed of the principle draws and of the sampling"""
+    accept_if_judged_better: bool = False
+    """keep a revision only when the judge prefers it to the response it revises (Bai et al. keep every
+    revision; small models that rewrite good responses need the check)"""
     feedback: bool = True
     """run the feedback phase (needs comparison_principles in the constitution and a judge)"""
     feedback_policy: str | None = None
-    """the policy whose samples the judge compares (None: `model`); Bai et al. use the SL-CAI model"""
+    """the policy whose samples the judge compares (None: `model`); Bai et al. use the SL-CAI model.
+    Its samples are kept in feedback_candidates.jsonl: to compare another policy's, use a new output_dir"""
     feedback_samples: int = 2
     """responses per prompt in the feedback phase (every pair of them is judged)"""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -66,7 +72,7 @@ class ConstitutionConfig:
         require(self.n_revisions >= 1, "n_revisions must be >= 1")
         require(self.batch_size >= 1 and self.chunk_size >= 1, "batch_size and chunk_size must be >= 1")
         require(self.feedback_samples >= 2, "feedback_samples must be >= 2")
-        if self.feedback:
+        if self.feedback or self.accept_if_judged_better:
             self.judge.validate()
 
 
@@ -89,7 +95,7 @@ def run_constitution(config: ConstitutionConfig, *, resume: bool = False) -> Pat
     steps_path = out / "cai_steps.jsonl"
     _supervised_phase(config, constitution, prompts, steps_path)
     rows = [json.loads(line) for line in steps_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows.sort(key=lambda r: r["index"])
+    rows = sorted((r for r in rows if r["index"] < len(prompts)), key=lambda r: r["index"])  # max_prompts may shrink
     examples = [CAIExample(prompt=r["prompt"], initial=r["initial"], steps=r["steps"]) for r in rows]
     write_jsonl(sft_records(examples), out / "sft.jsonl")
     pairs = revision_pairs(examples)
@@ -99,6 +105,9 @@ def run_constitution(config: ConstitutionConfig, *, resume: bool = False) -> Pat
                "revised_fraction": sum(e.final.strip() != e.initial.strip() for e in examples) / max(len(examples), 1),
                "mean_words_initial": _mean_words(e.initial for e in examples),
                "mean_words_final": _mean_words(e.final for e in examples)}
+    if config.accept_if_judged_better:
+        decided = [s["accepted"] for e in examples for s in e.steps if "accepted" in s]
+        summary["accepted_revision_fraction"] = sum(decided) / max(len(decided), 1)
 
     # 2. feedback phase
     if config.feedback:
@@ -113,12 +122,18 @@ def _supervised_phase(config: ConstitutionConfig, constitution, prompts: list, s
     from rlhfkit.feedback.judging import read_done
 
     done = read_done(steps_path, lambda r: r["index"])
+    _check_saved_steps(steps_path, prompts, config.n_revisions)
     todo = [i for i in range(len(prompts)) if i not in done]
     if not todo:
         return
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(config.model), load_tokenizer(config.model)
+    judge = None
+    if config.accept_if_judged_better:
+        from rlhfkit.feedback.judges import build_judge
+
+        judge = build_judge(config.judge)
     log.info("constitution: critique and revision of %d prompts (%d already done)", len(todo), len(done))
     start = time.time()
     with steps_path.open("a", encoding="utf-8") as handle:
@@ -127,7 +142,7 @@ def _supervised_phase(config: ConstitutionConfig, constitution, prompts: list, s
             examples = critique_and_revise(model, tokenizer, [prompts[i] for i in chunk], constitution,
                                            n_revisions=config.n_revisions, rng_seed=config.seed,
                                            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                           batch_size=config.batch_size, seed_offset=chunk[0])
+                                           batch_size=config.batch_size, seed_offset=chunk[0], accept_judge=judge)
             for i, example in zip(chunk, examples):
                 handle.write(json.dumps({"index": i, **example.to_dict()}, ensure_ascii=False) + "\n")
             handle.flush()
@@ -135,15 +150,35 @@ def _supervised_phase(config: ConstitutionConfig, constitution, prompts: list, s
             log.info("constitution: %d/%d prompts revised (%.1f prompts/s)", n, len(todo), n / (time.time() - start))
 
 
+def _check_saved_steps(steps_path: Path, prompts: list, n_revisions: int) -> None:
+    """Continue only the steps of these prompts (by index) with this many rounds."""
+    if not steps_path.exists():
+        return
+    for number, line in enumerate(steps_path.read_text(encoding="utf-8").splitlines(), start=1):
+        row = json.loads(line) if line.strip() else None
+        if row is None or row["index"] >= len(prompts):
+            continue
+        if row["prompt"] != prompts[row["index"]]:
+            raise DataError(str(steps_path), number, "prompt", f"is not prompt {row['index']} of this run's "
+                            "prompts: use another output_dir (or move the file away)")
+        if len(row["steps"]) != n_revisions:
+            raise DataError(str(steps_path), number, "steps", f"{len(row['steps'])} rounds, but n_revisions="
+                            f"{n_revisions}: use another output_dir (or move the file away)")
+
+
 def _feedback_phase(config: ConstitutionConfig, constitution, prompts: list, out: Path) -> dict:
     from rlhfkit.feedback.judges import build_judge
-    from rlhfkit.feedback.judging import judge_candidates, label_stats, sample_candidates
+    from rlhfkit.feedback.judging import check_same_judge, judge_candidates, label_stats, sample_candidates
 
     items = sample_candidates(config.feedback_policy or config.model, prompts, out / "feedback_candidates.jsonl",
                               n=config.feedback_samples, max_new_tokens=config.max_new_tokens,
                               temperature=1.0, seed=config.seed + 1)
+    if [item["prompt"] for item in items] != list(prompts):
+        raise DataError(str(out / "feedback_candidates.jsonl"), None, None, "sampled for other prompts than this "
+                        "run's (prompts or max_prompts changed): move it away to sample again")
     judge = build_judge(config.judge)
     prefs = out / "feedback_prefs.jsonl"
+    check_same_judge(prefs, judge.name)
     principles = constitution.comparison_principles
     judge_candidates(judge, items, prefs, pairs="all", criteria=[p.text for p in principles],
                      principle_names=[p.name for p in principles], seed=config.seed)

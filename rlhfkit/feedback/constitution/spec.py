@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
-DEFAULT_CONSTITUTION = Path(__file__).with_name("default.yaml")
+DEFAULT_CONSTITUTION = resources.files(__package__).joinpath("default.yaml")
+"""rlhfkit's own constitution, shipped as package data (read through importlib.resources)"""
 
 _TOP_KEYS = {"name", "description", "principles", "comparison_principles"}
 _LIST_FIELDS = {"principles": ("name", "critique", "revision"), "comparison_principles": ("name", "text")}
@@ -70,9 +72,18 @@ def _fail(source: str, node, where: str, message: str):
     raise ConstitutionError(f"{source}{line}: {where}{': ' if where else ''}{message}")
 
 
-def _mapping(node) -> dict:
-    """A YAML mapping node as {key: (key node, value node)}."""
-    return {k.value: (k, v) for k, v in node.value}
+def _mapping(source: str, node, where: str) -> dict:
+    """A YAML mapping node as {key: (key node, value node)}; a key given twice is an error (YAML
+    itself would keep the last one silently)."""
+    out = {}
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            _fail(source, key, where, "keys must be plain names")
+        if key.value in out:
+            first = out[key.value][0].start_mark.line + 1
+            _fail(source, key, where, f"field {key.value!r} given twice (first on line {first})")
+        out[key.value] = (key, value)
+    return out
 
 
 def _text(source: str, node, where: str) -> str:
@@ -92,7 +103,7 @@ def _entries(source: str, node, key: str) -> list[dict]:
         where = f"{key}[{i}]"
         if not isinstance(item, yaml.MappingNode):
             _fail(source, item, where, f"must be a mapping with {', '.join(fields)}")
-        entry = _mapping(item)
+        entry = _mapping(source, item, where)
         for name, (key_node, _) in entry.items():
             if name not in fields:
                 _fail(source, key_node, where, f"unknown field {name!r} (expected {', '.join(fields)})")
@@ -110,7 +121,7 @@ def _entries(source: str, node, key: str) -> list[dict]:
 
 def load_constitution(path: str | Path | None = None) -> Constitution:
     """Read and check a constitution; ``None`` or ``"default"`` is the one rlhfkit ships."""
-    path = DEFAULT_CONSTITUTION if path in (None, "default") else Path(path)
+    path = DEFAULT_CONSTITUTION if path is None or str(path) == "default" else Path(path)
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -122,9 +133,11 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConstitutionError(f"{source}{line}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    if root is None:
+        _fail(source, None, "", "the file is empty (expected 'principles' and 'comparison_principles')")
     if not isinstance(root, yaml.MappingNode):
         _fail(source, root, "", "the file must be a mapping with 'principles' and 'comparison_principles'")
-    top = _mapping(root)
+    top = _mapping(source, root, "")
     for name, (key_node, _) in top.items():
         if name not in _TOP_KEYS:
             _fail(source, key_node, "", f"unknown key {name!r} (expected {', '.join(sorted(_TOP_KEYS))})")
@@ -136,6 +149,6 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
     comparisons = _entries(source, top["comparison_principles"][1], "comparison_principles") \
         if "comparison_principles" in top else []
     meta = {k: _text(source, top[k][1], k) for k in ("name", "description") if k in top}
-    return Constitution(name=meta.get("name", path.stem), description=meta.get("description", ""),
+    return Constitution(name=meta.get("name", Path(path.name).stem), description=meta.get("description", ""),
                         principles=tuple(Principle(**p) for p in principles),
                         comparison_principles=tuple(ComparisonPrinciple(**c) for c in comparisons), source=source)

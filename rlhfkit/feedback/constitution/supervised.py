@@ -64,10 +64,17 @@ def revision_turns(prompt, response: str, principle, critique: str) -> list[dict
 
 def critique_and_revise(model, tokenizer, prompts: Sequence, constitution: Constitution, *, n_revisions: int = 1,
                         rng_seed: int = 0, max_new_tokens: int = 64, temperature: float = 0.7, batch_size: int = 32,
-                        initial_responses: Sequence[str] | None = None, seed_offset: int = 0) -> list[CAIExample]:
+                        initial_responses: Sequence[str] | None = None, seed_offset: int = 0,
+                        accept_judge=None) -> list[CAIExample]:
     """Run the supervised phase on ``prompts``. Principles are drawn per prompt and round from
     ``random.Random(f"{rng_seed}:{seed_offset + i}:{round}")``, so a prompt's draws do not depend on
-    the batch it is in (a resumed run draws the same)."""
+    the batch it is in (a resumed run draws the same).
+
+    With ``accept_judge`` (a :class:`Judge`) a revision replaces the current response only when the
+    judge prefers it (P >= 0.5); otherwise the round keeps the response, and the step says so
+    (``accepted``). Bai et al. keep every revision; a small model that rewrites a response with
+    nothing wrong in it makes it worse as often as it fixes a flawed one, and the judge is the
+    feedback model the method has anyway."""
     from rlhfkit.rollout.sample import generate_texts
 
     def generate(conversations: list, salt: int) -> list[str]:
@@ -85,8 +92,15 @@ def critique_and_revise(model, tokenizer, prompts: Sequence, constitution: Const
                              seed_offset + 7919 * (2 * round_ + 1))
         revisions = generate([revision_turns(e.prompt, e.final, p, c) for e, p, c in zip(examples, drawn, critiques)],
                              seed_offset + 7919 * (2 * round_ + 2))
-        for e, p, c, r in zip(examples, drawn, critiques, revisions):
-            e.steps.append({"principle": p.name, "critique": c, "revision": r})
+        accepted = [True] * len(examples)
+        if accept_judge is not None:
+            verdicts = accept_judge.compare_batch([e.prompt for e in examples], revisions, [e.final for e in examples])
+            accepted = [bool(r.strip()) and v.prob_a >= 0.5 for r, v in zip(revisions, verdicts)]
+        for e, p, c, r, ok in zip(examples, drawn, critiques, revisions, accepted):
+            step = {"principle": p.name, "critique": c, "revision": r if ok else e.final}
+            if accept_judge is not None:
+                step.update(accepted=ok, proposed=r)
+            e.steps.append(step)
     return examples
 
 

@@ -40,7 +40,8 @@ def load_template(config: JudgeConfig) -> JudgeTemplate:
         names = " ".join("{" + p + "}" for p in PLACEHOLDERS)
         raise ConfigError(f"judge.template {config.template or '(built-in)'}: bad placeholder {err}; "
                           f"use {names} (write {{{{ and }}}} for literal braces)") from None
-    return JudgeTemplate(text=text, choices=(config.choices[0], config.choices[1]))
+    extra = {k: getattr(config, k) for k in ("cot_instruction", "verdict_prefix") if getattr(config, k) is not None}
+    return JudgeTemplate(text=text, choices=(config.choices[0], config.choices[1]), **extra)
 
 
 def build_judge(config: JudgeConfig) -> Judge:

@@ -36,6 +36,10 @@ class JudgeConfig:
     """chain of thought: the judge writes a rationale first, then the verdict is read"""
     cot_max_new_tokens: int = 128
     """longest rationale, in tokens"""
+    cot_instruction: str | None = None
+    """chain of thought: the request for reasoning appended to the judge prompt (None: the built-in one)"""
+    verdict_prefix: str | None = None
+    """chain of thought: written after the reasoning, before the verdict is read (None: the built-in one)"""
     batch_size: int = 16
     """judge prompts per forward pass (local, reward)"""
     max_length: int = 1024

@@ -56,7 +56,8 @@ class LocalLMJudge(BothOrdersJudge):
             tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_or_dir)
             model = load_causal_lm(model_or_dir)
             model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            name = name or f"local:{Path(model_or_dir).name}"
+            folder = Path(model_or_dir)  # "runs/judge/final" -> "local:judge/final", not "local:final"
+            name = name or f"local:{folder.parent.name + '/' if folder.name == 'final' else ''}{folder.name}"
         else:
             if tokenizer is None:
                 raise ValueError("LocalLMJudge: a model object needs its tokenizer (tokenizer=...)")
