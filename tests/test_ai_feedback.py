@@ -119,6 +119,13 @@ def test_criteria_are_drawn_per_pair_and_recorded(tmp_path):
     assert [r["principle"] for r in again] == [r["principle"] for r in records]  # same draw on a rerun
 
 
+def test_a_changed_constitution_is_refused_on_resume(tmp_path):
+    out = tmp_path / "p.jsonl"
+    judge_candidates(ShorterJudge(), _items(2), out, criteria=["be brief?"], principle_names=["brief"])
+    with pytest.raises(DataError, match=r"p.jsonl:1: field 'criterion': 'be brief\?' is not one of"):
+        judge_candidates(ShorterJudge(), _items(3), out, criteria=["be kind?"], principle_names=["kind"])
+
+
 def _relabel(tmp_path, seed):
     out = tmp_path / "again.jsonl"
     judge_candidates(ShorterJudge(), _items(8), out, criteria=["be brief?", "be kind?"],

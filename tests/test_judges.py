@@ -230,6 +230,7 @@ def test_local_judge_chain_of_thought_and_bf16(tiny_lm):
         assert 0.0 < v.prob_a < 1.0 and v.prob_a_second is not None
         assert isinstance(v.rationale, str) and "\n\n" in v.rationale  # both orders' reasoning
     assert cot._cut_at_verdict(" a is right. so: a") == " a is right."
+    assert cot._cut_at_verdict(" it is red. also: it is big. so: b") == " it is red. also: it is big."  # a word, not a suffix
     fp32 = LocalLMJudge(model, tokenizer, template=TINY_TEMPLATE).compare_batch(PROMPTS, A, B)
     bf16 = LocalLMJudge(model, tokenizer, template=TINY_TEMPLATE, precision="bf16").compare_batch(PROMPTS, A, B)
     for x, y in zip(fp32, bf16):

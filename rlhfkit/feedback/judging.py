@@ -96,7 +96,7 @@ def judge_candidates(judge: Judge, items: Sequence[dict], output: str | Path, *,
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(output, lambda r: (r["item"], tuple(r["pair"])))
-    _check_done_match(output, items)
+    _check_done_match(output, items, criteria)
     todo = []  # (item index, i, j, criterion index or None)
     skipped = 0
     for index, item in enumerate(items):
@@ -231,9 +231,9 @@ def label_stats(prefs: Path) -> dict:
     }
 
 
-def _check_done_match(output: Path, items: Sequence[dict]) -> None:
-    """The labels already in ``output`` must be of these items: a resumed run whose data changed
-    (edited, reordered, other candidates) would otherwise count old labels as done for new prompts."""
+def _check_done_match(output: Path, items: Sequence[dict], criteria: Sequence[str] | None = None) -> None:
+    """The labels already in ``output`` must be of these items (and criteria): a resumed run whose data
+    or constitution changed would otherwise count old labels as done for new prompts."""
     for number, line in enumerate(output.read_text(encoding="utf-8").splitlines() if output.exists() else [], start=1):
         if not line.strip():
             continue
@@ -245,6 +245,9 @@ def _check_done_match(output: Path, items: Sequence[dict]) -> None:
         if item is None or item["prompt"] != r["prompt"] or texts != {r["chosen"].strip(), r["rejected"].strip()}:
             raise DataError(str(output), number, "item", f"labels item {r['item']} pair {r['pair']}, which is not "
                             "in this run's data (the data or max_items changed): use another output_dir")
+        if criteria is not None and r.get("criterion") not in criteria:
+            raise DataError(str(output), number, "criterion", f"{r.get('criterion')!r} is not one of this run's "
+                            "criteria (the constitution changed): use another output_dir")
 
 
 def check_same_judge(prefs: Path, name: str) -> None:

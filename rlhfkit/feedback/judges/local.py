@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -129,9 +130,11 @@ class LocalLMJudge(BothOrdersJudge):
         return list(zip(probs, rationales))
 
     def _cut_at_verdict(self, text: str) -> str:
-        """The reasoning up to where the judge began a verdict itself (ours is appended after it)."""
+        """The reasoning up to where the judge began a verdict itself (ours is appended after it); the
+        marker counts only at the start of a word ("so:" is not the end of "also:")."""
         marker = self.template.verdict_prefix.strip()
-        return text[: text.find(marker)].rstrip() if marker and marker in text else text.rstrip()
+        found = re.search(r"(?:^|(?<=\s))" + re.escape(marker), text) if marker else None
+        return text[: found.start()].rstrip() if found else text.rstrip()
 
     def _autocast(self, device: torch.device):
         if self.precision == "bf16":
