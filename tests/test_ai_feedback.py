@@ -278,3 +278,10 @@ def test_cai_records_render_as_the_conversation_the_model_sees(task, tiny_tokeni
     assert text.startswith("User: ") and text.endswith("User: say it again.\nAssistant:")
     assert "\nUser: is it true?\nAssistant: " in text
     assert critique["completion"].startswith(" ") and revision["completion"].startswith(" ")
+
+
+def test_model_labels_name_the_stage_of_a_final_folder():
+    from rlhfkit.models.loading import model_label
+
+    assert model_label("runs/demo/judge/final") == "judge/final"
+    assert model_label("/models/Qwen2.5-0.5B") == "Qwen2.5-0.5B"

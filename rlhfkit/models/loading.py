@@ -97,3 +97,10 @@ def save_model(model, tokenizer, out_dir: str | Path, *, save_adapter_only: bool
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def model_label(path: str | Path) -> str:
+    """A short name for a model folder: its own name, or "<stage>/final" for a stage's final folder
+    (every rlhfkit stage saves into ``<run>/<stage>/final``, so "final" alone says nothing)."""
+    folder = Path(path)
+    return f"{folder.parent.name}/{folder.name}" if folder.name == "final" and folder.parent.name else folder.name

@@ -64,7 +64,7 @@ def load_backends(model_dirs: list[str | Path], *, served_name: str | None = Non
     a rotary-position model runs past it, with quality falling off."""
     import torch
 
-    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer, model_label
     from rlhfkit.models.reward import load_scorer
 
     if precision not in PRECISIONS:
@@ -82,12 +82,12 @@ def load_backends(model_dirs: list[str | Path], *, served_name: str | None = Non
             backends.scorer = load_scorer(path)
             for member in backends.scorer.models:
                 member.to(device=device, dtype=getattr(torch, dtype)).requires_grad_(False)
-            backends.reward_name = path.name
+            backends.reward_name = model_label(path)
         else:
             if backends.chat is not None:
                 raise ValueError(f"two causal LMs given ({backends.chat.name} and {path}): serve one")
             model = load_causal_lm(path, dtype=dtype).to(device).requires_grad_(False)
-            backends.chat = ChatModel(model, load_tokenizer(path), served_name or path.name, max_context=max_context)
+            backends.chat = ChatModel(model, load_tokenizer(path), served_name or model_label(path), max_context=max_context)
     if backends.chat is None and served_name and backends.scorer is not None:
         backends.reward_name = served_name
     if backends.chat is None and backends.scorer is None:

@@ -29,6 +29,7 @@ from rlhfkit.data.tokenize import encode_prompt, pad_batch, render_prompt
 from rlhfkit.feedback.judges.base import (DEFAULT_CRITERION, BothOrdersJudge, JudgeTemplate, Prompt,
                                           two_choice_probability)
 from rlhfkit.models.forward import _decoder_and_head
+from rlhfkit.models.loading import model_label
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ class LocalLMJudge(BothOrdersJudge):
             tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_or_dir)
             model = load_causal_lm(model_or_dir)
             model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            folder = Path(model_or_dir)  # "runs/judge/final" -> "local:judge/final", not "local:final"
-            name = name or f"local:{folder.parent.name + '/' if folder.name == 'final' else ''}{folder.name}"
+            name = name or f"local:{model_label(model_or_dir)}"
         else:
             if tokenizer is None:
                 raise ValueError("LocalLMJudge: a model object needs its tokenizer (tokenizer=...)")
