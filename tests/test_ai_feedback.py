@@ -85,7 +85,7 @@ def test_labels_load_as_pairwise_data_and_stats_by_hand(tmp_path):
     assert len(records) == 12
     assert all(len(r["chosen"]) < len(r["rejected"]) for r in records)
     assert all(r["label_prob"] == pytest.approx(0.75) for r in records)  # (0.8 + 0.7) / 2 for the shorter
-    stats = label_stats(out)
+    stats = label_stats(records)
     assert stats["mean_position_bias"] == pytest.approx(0.05) and stats["order_consistency"] == 1.0
 
 

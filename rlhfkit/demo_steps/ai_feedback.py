@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 NAMES = ("rlaif", "cai")
@@ -82,22 +81,20 @@ def gold_agreement(task, records: list[dict]) -> float | None:
     return sum(c > j for c, j in decided) / len(decided) if decided else None
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def run_rlaif(ctx, judge) -> dict:
     from rlhfkit.demo_steps.preference import RECIPES, train_method
-    from rlhfkit.feedback.judging import judge_candidates, label_stats
+    from rlhfkit.data.records import load_records
+    from rlhfkit.feedback.judging import judge_candidates, label_stats, read_journal
 
-    panel = _read(ctx.prefs)
+    panel = load_records(ctx.prefs, "pairwise").records
     items = [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]} for r in panel]
     prefs = ctx.out / "data" / "prefs_rlaif.jsonl"
     judge_candidates(judge, items, prefs, pairs="first", seed=ctx.seed)
-    stats = label_stats(prefs)
+    labels = [r for _, r in read_journal(prefs)]
+    stats = label_stats(labels)
     final = train_method(ctx, "rlaif", RECIPES["dpo"], data=prefs)
     entry = ctx.evaluate(final, "rlaif")
-    entry.update(judge_agreement_with_gold=gold_agreement(ctx.task, _read(prefs)),
+    entry.update(judge_agreement_with_gold=gold_agreement(ctx.task, labels),
                  judge_position_bias=stats["mean_position_bias"], judge_order_consistency=stats["order_consistency"],
                  panel_agreement_with_gold=gold_agreement(ctx.task, panel), judge_labels=stats["records"])
     return entry
@@ -120,6 +117,7 @@ def run_cai(ctx, judge_cfg) -> dict:
     from rlhfkit.demo_steps.preference import RECIPES, train_method
     from rlhfkit.feedback.constitution import load_constitution
     from rlhfkit.feedback.constitution.run import ConstitutionConfig, run_constitution
+    from rlhfkit.feedback.judging import read_journal
     from rlhfkit.tasks import facts_ai
 
     constitution = load_constitution(facts_ai.CONSTITUTION)
@@ -137,7 +135,7 @@ def run_cai(ctx, judge_cfg) -> dict:
                                 seed=ctx.seed, max_prompts=n_prompts, feedback=False, judge=judge_cfg,
                                 accept_if_judged_better=True)
     data = run_constitution(config)
-    steps = [json.loads(line) for line in (data / "cai_steps.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for _, r in read_journal(data / "cai_steps.jsonl")]
     initial = [ctx.task.gold(s["prompt"], s["initial"]) for s in steps]
     final = [ctx.task.gold(s["prompt"], s["final"]) for s in steps]
     # 3. SL-CAI: the SFT model fine-tuned on the final revisions

@@ -61,26 +61,40 @@ def verdict_record(prompt, a: str, b: str, verdict: Verdict, judge_name: str) ->
     return record
 
 
-def read_done(path: Path, key) -> set:
-    """Keys of the complete records already in a JSONL file; a torn last line (a crash while writing)
-    is cut off so the file can be appended to again."""
+def read_journal(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of each complete record of an append-only JSONL file this code writes;
+    a torn last line (a crash while writing) is cut off so the file can be appended to again."""
     if not path.exists():
-        return set()
+        return []
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):
         keep = raw.rfind(b"\n") + 1
         log.warning("%s: dropping a half-written last line (%d bytes); it will be done again", path, len(raw) - keep)
         path.write_bytes(raw[:keep])
         raw = raw[:keep]
-    done = set()
+    rows = []
     for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
         if line.strip():
             try:
-                done.add(key(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{number}: not a record this run wrote ({err}); "
-                                 "move the file away to start over") from None
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise _not_ours(path, number, err) from None
+    return rows
+
+
+def journal_keys(path: Path, rows: list[tuple[int, dict]], key) -> set:
+    """``key(record)`` of every record read by :func:`read_journal`: what a resumed run skips."""
+    done = set()
+    for number, record in rows:
+        try:
+            done.add(key(record))
+        except (KeyError, TypeError) as err:
+            raise _not_ours(path, number, err) from None
     return done
+
+
+def _not_ours(path: Path, number: int, err: Exception) -> ValueError:
+    return ValueError(f"{path}:{number}: not a record this run wrote ({err}); move the file away to start over")
 
 
 def judge_candidates(judge: Judge, items: Sequence[dict], output: str | Path, *, pairs: str = "all",
@@ -95,8 +109,10 @@ def judge_candidates(judge: Judge, items: Sequence[dict], output: str | Path, *,
         raise ValueError(f"{len(criteria)} criteria but {len(principle_names)} principle names")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(output, lambda r: (r["item"], tuple(r["pair"])))
-    _check_done_match(output, items, criteria)
+    rows = read_journal(output)
+    _check_same_judge(output, rows, judge.name)
+    done = journal_keys(output, rows, lambda r: (r["item"], tuple(r["pair"])))
+    _check_done_match(output, rows, items, criteria)
     todo = []  # (item index, i, j, criterion index or None)
     skipped = 0
     for index, item in enumerate(items):
@@ -207,9 +223,9 @@ def run_judge(config: JudgeRunConfig, *, resume: bool = False) -> Path:
         items = _sampled_candidates(config, out / "candidates.jsonl")
     judge = build_judge(config.judge)
     prefs = out / "prefs.jsonl"
-    check_same_judge(prefs, judge.name)
     counts = judge_candidates(judge, items, prefs, pairs=config.pairs, seed=config.seed, chunk_size=config.chunk_size)
-    summary = {"judge": judge.name, "items": len(items), **counts, **label_stats(prefs)}
+    summary = {"judge": judge.name, "items": len(items), **counts,
+               **label_stats([r for _, r in read_journal(prefs)])}
     if getattr(judge, "stats", None):
         summary["judge_stats"] = dict(judge.stats)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -217,9 +233,8 @@ def run_judge(config: JudgeRunConfig, *, resume: bool = False) -> Path:
     return prefs
 
 
-def label_stats(prefs: Path) -> dict:
+def label_stats(rows: list[dict]) -> dict:
     """Mean label_prob, mean position bias, and how often both orders pick the same response."""
-    rows = [json.loads(line) for line in prefs.read_text(encoding="utf-8").splitlines() if line.strip()]
     both = [r for r in rows if r.get("prob_chosen_first") is not None and r.get("prob_chosen_second") is not None]
     return {
         "records": len(rows),
@@ -231,13 +246,18 @@ def label_stats(prefs: Path) -> dict:
     }
 
 
-def _check_done_match(output: Path, items: Sequence[dict], criteria: Sequence[str] | None = None) -> None:
+def _check_same_judge(output: Path, rows: list[tuple[int, dict]], name: str) -> None:
+    """One judge per labels file: the pairs already in it would not be labelled again by another."""
+    if rows and rows[0][1].get("judge") != name:
+        raise DataError(str(output), rows[0][0], "judge", f"holds labels of judge {rows[0][1].get('judge')!r}, not "
+                        f"{name!r}: use another output_dir")
+
+
+def _check_done_match(output: Path, rows: list[tuple[int, dict]], items: Sequence[dict],
+                      criteria: Sequence[str] | None) -> None:
     """The labels already in ``output`` must be of these items (and criteria): a resumed run whose data
     or constitution changed would otherwise count old labels as done for new prompts."""
-    for number, line in enumerate(output.read_text(encoding="utf-8").splitlines() if output.exists() else [], start=1):
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for number, r in rows:
         item = items[r["item"]] if r["item"] < len(items) else None
         if item is not None and max(r["pair"]) >= len(item["responses"]):
             item = None
@@ -248,18 +268,6 @@ def _check_done_match(output: Path, items: Sequence[dict], criteria: Sequence[st
         if criteria is not None and r.get("criterion") not in criteria:
             raise DataError(str(output), number, "criterion", f"{r.get('criterion')!r} is not one of this run's "
                             "criteria (the constitution changed): use another output_dir")
-
-
-def check_same_judge(prefs: Path, name: str) -> None:
-    """One judge per labels file: the pairs already in it would not be labelled again by another."""
-    first = prefs.read_text(encoding="utf-8").split("\n", 1)[0] if prefs.exists() else ""
-    try:
-        judge = json.loads(first).get("judge") if first.strip() else name
-    except json.JSONDecodeError:
-        return  # a torn first line (a crash while writing it): read_done cuts it off
-    if judge != name:
-        raise DataError(str(prefs), 1, "judge", f"holds labels of judge {judge!r}, not "
-                        f"{name!r}: use another output_dir")
 
 
 def _sampled_candidates(config: JudgeRunConfig, path: Path) -> list[dict]:

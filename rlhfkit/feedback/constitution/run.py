@@ -93,8 +93,7 @@ def run_constitution(config: ConstitutionConfig, *, resume: bool = False) -> Pat
 
     # 1. supervised phase
     steps_path = out / "cai_steps.jsonl"
-    _supervised_phase(config, constitution, prompts, steps_path)
-    rows = [json.loads(line) for line in steps_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = _supervised_phase(config, constitution, prompts, steps_path)
     rows = sorted((r for r in rows if r["index"] < len(prompts)), key=lambda r: r["index"])  # max_prompts may shrink
     examples = [CAIExample(prompt=r["prompt"], initial=r["initial"], steps=r["steps"]) for r in rows]
     write_jsonl(sft_records(examples), out / "sft.jsonl")
@@ -117,15 +116,18 @@ def run_constitution(config: ConstitutionConfig, *, resume: bool = False) -> Pat
     return out
 
 
-def _supervised_phase(config: ConstitutionConfig, constitution, prompts: list, steps_path: Path) -> None:
+def _supervised_phase(config: ConstitutionConfig, constitution, prompts: list, steps_path: Path) -> list[dict]:
+    """Critique and revise the prompts not yet in ``steps_path``; returns every row, old and new."""
     from rlhfkit.feedback.constitution.supervised import critique_and_revise
-    from rlhfkit.feedback.judging import read_done
+    from rlhfkit.feedback.judging import journal_keys, read_journal
 
-    done = read_done(steps_path, lambda r: r["index"])
-    _check_saved_steps(steps_path, prompts, config.n_revisions)
+    saved = read_journal(steps_path)
+    done = journal_keys(steps_path, saved, lambda r: r["index"])
+    _check_saved_steps(steps_path, saved, prompts, config.n_revisions)
+    rows = [r for _, r in saved]
     todo = [i for i in range(len(prompts)) if i not in done]
     if not todo:
-        return
+        return rows
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(config.model), load_tokenizer(config.model)
@@ -144,19 +146,18 @@ def _supervised_phase(config: ConstitutionConfig, constitution, prompts: list, s
                                            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                            batch_size=config.batch_size, seed_offset=chunk[0], accept_judge=judge)
             for i, example in zip(chunk, examples):
-                handle.write(json.dumps({"index": i, **example.to_dict()}, ensure_ascii=False) + "\n")
+                rows.append({"index": i, **example.to_dict()})
+                handle.write(json.dumps(rows[-1], ensure_ascii=False) + "\n")
             handle.flush()
             n = begin + len(chunk)
             log.info("constitution: %d/%d prompts revised (%.1f prompts/s)", n, len(todo), n / (time.time() - start))
+    return rows
 
 
-def _check_saved_steps(steps_path: Path, prompts: list, n_revisions: int) -> None:
+def _check_saved_steps(steps_path: Path, saved: list[tuple[int, dict]], prompts: list, n_revisions: int) -> None:
     """Continue only the steps of these prompts (by index) with this many rounds."""
-    if not steps_path.exists():
-        return
-    for number, line in enumerate(steps_path.read_text(encoding="utf-8").splitlines(), start=1):
-        row = json.loads(line) if line.strip() else None
-        if row is None or row["index"] >= len(prompts):
+    for number, row in saved:
+        if row["index"] >= len(prompts):
             continue
         if row["prompt"] != prompts[row["index"]]:
             raise DataError(str(steps_path), number, "prompt", f"is not prompt {row['index']} of this run's "
@@ -168,7 +169,7 @@ def _check_saved_steps(steps_path: Path, prompts: list, n_revisions: int) -> Non
 
 def _feedback_phase(config: ConstitutionConfig, constitution, prompts: list, out: Path) -> dict:
     from rlhfkit.feedback.judges import build_judge
-    from rlhfkit.feedback.judging import check_same_judge, judge_candidates, label_stats, sample_candidates
+    from rlhfkit.feedback.judging import judge_candidates, label_stats, read_journal, sample_candidates
 
     items = sample_candidates(config.feedback_policy or config.model, prompts, out / "feedback_candidates.jsonl",
                               n=config.feedback_samples, max_new_tokens=config.max_new_tokens,
@@ -178,11 +179,11 @@ def _feedback_phase(config: ConstitutionConfig, constitution, prompts: list, out
                         "run's (prompts or max_prompts changed): move it away to sample again")
     judge = build_judge(config.judge)
     prefs = out / "feedback_prefs.jsonl"
-    check_same_judge(prefs, judge.name)
     principles = constitution.comparison_principles
     judge_candidates(judge, items, prefs, pairs="all", criteria=[p.text for p in principles],
                      principle_names=[p.name for p in principles], seed=config.seed)
-    return {"judge": judge.name, "policy": config.feedback_policy or config.model, **label_stats(prefs)}
+    return {"judge": judge.name, "policy": config.feedback_policy or config.model,
+            **label_stats([r for _, r in read_journal(prefs)])}
 
 
 def _mean_words(texts) -> float:
