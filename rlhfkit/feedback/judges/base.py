@@ -12,6 +12,7 @@ Prompts are strings or lists of ``{"role", "content"}`` messages, as everywhere 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -125,16 +126,16 @@ def last_user_text(prompt: Prompt) -> str:
 # ---------------------------------------------------------------- the interface
 
 
-class Judge:
+class Judge(ABC):
     """Subclasses implement :meth:`compare_batch`; ``compare`` and ``rank`` come from it."""
 
     name: str = "judge"
 
+    @abstractmethod
     def compare_batch(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
                       *, criterion: str | None = None) -> list[Verdict]:
         """One :class:`Verdict` per (prompt, a, b). ``criterion`` replaces the judge's default
         question (a principle of a constitution, say)."""
-        raise NotImplementedError
 
     def compare(self, prompt: Prompt, a: str, b: str, *, criterion: str | None = None) -> float:
         """P(a better than b)."""
@@ -173,11 +174,11 @@ class BothOrdersJudge(Judge):
     both_orders: bool = True
     criterion: str = DEFAULT_CRITERION
 
+    @abstractmethod
     def judge_shown(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str], *,
                     criterion: str, comparison: Sequence[int]) -> list[tuple[float, str | None]]:
         """(P(first shown is better), rationale or None) for each pair in the order shown.
         ``comparison`` is each pair's index in the caller's batch, for error messages."""
-        raise NotImplementedError
 
     def compare_batch(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
                       *, criterion: str | None = None) -> list[Verdict]:
