@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rlhfkit.feedback.judges.base import JudgeTemplate
 from .facts_gold import GOLD_KEYS
-from .facts_world import format_prompt, predicate, user_text
+from .facts_world import predicate, user_text
 
 CONSTITUTION = Path(__file__).with_name("facts_constitution.yaml")
 
@@ -183,8 +183,3 @@ def cai_records(task, constitution, n: int, rng_seed: int = 0, *, quality: float
                                        {"role": "user", "content": principle.revision}],
                     "completion": revision if revision.startswith(" ") else " " + revision})
     return out
-
-
-def as_task_prompt(messages: list[dict]) -> str:
-    """The task's string prompt of a one-turn conversation (for gold)."""
-    return format_prompt(messages[-1]["content"])

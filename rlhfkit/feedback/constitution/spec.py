@@ -61,11 +61,6 @@ class Constitution:
         """One critique/revision principle, uniformly (Bai et al. draw one per revision step)."""
         return rng.choice(self.principles)
 
-    def sample_comparison(self, rng: random.Random) -> ComparisonPrinciple:
-        if not self.comparison_principles:
-            raise ConstitutionError(f"{self.source}: comparison_principles is empty")
-        return rng.choice(self.comparison_principles)
-
 
 def _fail(source: str, node, where: str, message: str):
     line = f":{node.start_mark.line + 1}" if node is not None else ""
