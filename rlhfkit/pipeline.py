@@ -183,8 +183,24 @@ class DemoContext:
         return self._cache["scorer"]
 
 
-def _stage_done(path: Path) -> bool:
+def stage_done(path: Path) -> bool:
     return (path / "final" / "config.json").exists()
+
+
+def train_stage(out: Path, config: DemoConfig, stage_cls, run, name: str, model: Path, data: Path,
+                budget: DemoStageConfig, *, resume: bool, save_every: int = 100, **extra) -> Path:
+    """One supervised stage of the demo (pre-training, SFT, the AI-feedback models) into
+    ``<out>/<name>/final``; a stage whose final folder exists is not run again."""
+    from rlhfkit.train.options import OptimConfig
+
+    stage_dir = out / name
+    if not stage_done(stage_dir):
+        stage = stage_cls(model=str(model), data=str(data), output_dir=str(stage_dir),
+                          max_steps=budget.max_steps, batch_size=budget.batch_size, precision=config.precision,
+                          optim=OptimConfig(learning_rate=budget.learning_rate, warmup_ratio=0.05),
+                          log_every=10, eval_every=0, save_every=save_every, seed=config.seed, **extra)
+        run(stage, resume=resume)
+    return stage_dir / "final"
 
 
 def make_context(out: Path, config: DemoConfig | None = None) -> DemoContext:
@@ -210,7 +226,7 @@ def make_context(out: Path, config: DemoConfig | None = None) -> DemoContext:
 def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     from rlhfkit.models.tiny import create_tiny_model
     from rlhfkit.tasks import FactsTask
-    from rlhfkit.train.sft import OptimConfig, PretrainConfig, SFTConfig, run_pretrain, run_sft
+    from rlhfkit.train.sft import PretrainConfig, SFTConfig, run_pretrain, run_sft
 
     config = config.scaled()
     out = Path(config.output_dir)
@@ -237,16 +253,11 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
 
     # 3. pre-training, 4. SFT
     def supervised(stage_cls, run, name: str, model: Path, data: Path, budget: DemoStageConfig, **extra) -> Path:
-        stage_dir = out / name
-        if not _stage_done(stage_dir):
+        if not stage_done(out / name):
             t = time.time()
-            stage = stage_cls(model=str(model), data=str(data), output_dir=str(stage_dir),
-                              max_steps=budget.max_steps, batch_size=budget.batch_size, precision=config.precision,
-                              optim=OptimConfig(learning_rate=budget.learning_rate, warmup_ratio=0.05),
-                              log_every=10, eval_every=0, save_every=100, seed=config.seed, **extra)
-            run(stage, resume=resume)
+            train_stage(out, config, stage_cls, run, name, model, data, budget, resume=resume, **extra)
             timings[name] = time.time() - t
-        return stage_dir / "final"
+        return out / name / "final"
 
     pretrained = supervised(PretrainConfig, run_pretrain, "pretrain", out / "init", out / "data" / "pretrain.jsonl",
                             config.pretrain, max_length=128)

@@ -51,19 +51,18 @@ def _supervised(ctx, name: str, model: Path, records: list[dict] | Path, steps: 
     """SFT ``model`` on ``records`` into ``<run>/<name>/final`` (reused when it exists; resumed when
     a checkpoint does)."""
     from rlhfkit.data.records import write_jsonl
+    from rlhfkit.pipeline import DemoStageConfig, stage_done, train_stage
     from rlhfkit.train import common
-    from rlhfkit.train.sft import OptimConfig, SFTConfig, run_sft
+    from rlhfkit.train.sft import SFTConfig, run_sft
 
     out = ctx.out / name
-    if (out / "final" / "config.json").exists():
+    if stage_done(out):
         return out / "final"
     data = records if isinstance(records, Path) else write_jsonl(records, ctx.out / "data" / f"{name}.jsonl")
-    config = SFTConfig(model=str(model), data=str(data), output_dir=str(out), max_steps=steps,
-                       batch_size=16 if ctx.quick else 32, max_length=max_length, precision=ctx.precision,
-                       optim=OptimConfig(learning_rate=lr, warmup_ratio=0.05), log_every=10, eval_every=0,
-                       save_every=0 if ctx.quick else 200, seed=ctx.seed)
-    run_sft(config, resume=common.latest_checkpoint(out) is not None)
-    return out / "final"
+    budget = DemoStageConfig(max_steps=steps, learning_rate=lr, batch_size=16 if ctx.quick else 32)
+    return train_stage(ctx.out, ctx.config, SFTConfig, run_sft, name, model, data, budget,
+                       resume=common.latest_checkpoint(out) is not None, save_every=0 if ctx.quick else 200,
+                       max_length=max_length)
 
 
 def train_judge(ctx) -> Path:
