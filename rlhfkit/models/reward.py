@@ -125,6 +125,18 @@ class RewardScorer:
         return scores.mean(0), std
 
 
+def is_reward_folder(path: str | Path) -> bool:
+    """A reward model folder (sequence classifier, or carries rlhfkit's reward bias) or an ensemble."""
+    path = Path(path)
+    if (path / "ensemble.json").exists():
+        return True
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json or ensemble.json)")
+    config = json.loads(config_file.read_text())
+    return BIAS_KEY in config or any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+
+
 def member_dirs(path: str | Path) -> list[Path]:
     """The member folders of a reward model folder (itself, or those listed in ensemble.json)."""
     path = Path(path)

@@ -32,7 +32,8 @@ def cmd_serve(args) -> int:
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from rlhfkit.serve.server import create_app, is_reward_folder, load_backends
+    from rlhfkit.models.reward import is_reward_folder
+    from rlhfkit.serve.server import create_app, load_backends
 
     if not (args.model or args.reward_model):
         print("error: give --model DIR (a causal LM or a reward model) and/or --reward-model DIR", file=sys.stderr)

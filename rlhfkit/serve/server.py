@@ -13,7 +13,6 @@ model holds one lock; FastAPI serves the others (health, errors) meanwhile. Erro
 from __future__ import annotations
 
 import hmac
-import json
 import threading
 import time
 import uuid
@@ -31,20 +30,6 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 # ---------------------------------------------------------------- model folders
-
-
-def is_reward_folder(path: str | Path) -> bool:
-    """A reward model folder (sequence classifier, or carries rlhfkit's reward bias) or an ensemble."""
-    from rlhfkit.models.reward import BIAS_KEY
-
-    path = Path(path)
-    if (path / "ensemble.json").exists():
-        return True
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json or ensemble.json)")
-    config = json.loads(config_file.read_text())
-    return BIAS_KEY in config or any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
 
 
 @dataclass
@@ -65,7 +50,7 @@ def load_backends(model_dirs: list[str | Path], *, served_name: str | None = Non
     import torch
 
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer, model_label
-    from rlhfkit.models.reward import load_scorer
+    from rlhfkit.models.reward import is_reward_folder, load_scorer
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
