@@ -196,8 +196,8 @@ class JudgeRunConfig:
 
 
 def load_candidates(path: str, *, limit: int | None = None) -> list[dict]:
-    """``{"prompt", "responses"}`` records; a record without two or more non-empty string responses
-    is a DataError naming the file, line and field."""
+    """``{"prompt", "responses"}`` records; a record without a list of two or more string responses is
+    a DataError naming the file, line and field (an empty response is kept, and never compared)."""
     records = load_records(path, "prompt", limit=limit)
     for record, line in zip(records.records, records.lines):
         responses = record.get("responses")
