@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlhfkit.ops import kl_k3, log1mexp, masked_mean
+from rlhfkit.ops import aggregate_token_losses, kl_k3, log1mexp, masked_mean
 
 __all__ = [
     "LossOutput",
@@ -384,11 +384,13 @@ def kto_loss(
 
 
 def ppo_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *, cliprange: float
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *, cliprange: float,
+    loss_aggregation: str = "seq_mean_token_mean", max_length: int | None = None,
 ) -> LossOutput:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss:
-    max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = exp(logprobs − old_logprobs), averaged over each
-    sequence's unmasked tokens.
+    max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = exp(logprobs − old_logprobs), per token, aggregated over
+    tokens and sequences by ``loss_aggregation`` (:func:`rlhfkit.ops.aggregate_token_losses`:
+    the mean of ``losses`` is the loss; ``max_length`` is the constant of ``seq_sum_norm``).
 
     Shapes: logprobs, old_logprobs, advantages, mask (B, T) → losses (B,).
     stats (over all unmasked tokens): policy/clipfrac (fraction where the clipped term is the
@@ -405,15 +407,17 @@ def ppo_policy_loss(
         "policy/approxkl": (0.5 * masked_mean(log_ratio.detach() ** 2, mask)),
         "policy/ratio_mean": masked_mean(ratio.detach(), mask),
     }
-    return LossOutput(losses=masked_mean(per_token, mask, dim=1), stats=stats)
+    losses = aggregate_token_losses(per_token, mask, mode=loss_aggregation, max_length=max_length)
+    return LossOutput(losses=losses, stats=stats)
 
 
 def ppo_value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, *, cliprange_value: float
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, *, cliprange_value: float,
+    loss_aggregation: str = "seq_mean_token_mean", max_length: int | None = None,
 ) -> LossOutput:
     """Clipped value loss (Huang et al. 2024, "N implementation details of RLHF with PPO";
-    Ziegler et al. 2019): ½·max((v − R)², (clip(v, v_old − c, v_old + c) − R)²), averaged over
-    each sequence's unmasked tokens.
+    Ziegler et al. 2019): ½·max((v − R)², (clip(v, v_old − c, v_old + c) − R)²) per token,
+    aggregated like the policy loss (``loss_aggregation``, see :func:`ppo_policy_loss`).
 
     Shapes: values, old_values, returns, mask (B, T) → losses (B,).
     stats: val/clipfrac (fraction where the clipped error is the larger), val/vpred (mean value),
@@ -428,7 +432,8 @@ def ppo_value_loss(
         "val/vpred": masked_mean(values.detach(), mask),
         "val/error": masked_mean(err_unclipped.detach(), mask),
     }
-    return LossOutput(losses=masked_mean(per_token, mask, dim=1), stats=stats)
+    losses = aggregate_token_losses(per_token, mask, mode=loss_aggregation, max_length=max_length)
+    return LossOutput(losses=losses, stats=stats)
 
 
 def grpo_policy_loss(
@@ -440,10 +445,14 @@ def grpo_policy_loss(
     cliprange: float,
     ref_logprobs: Tensor | None = None,
     kl_coef: float = 0.0,
+    loss_aggregation: str = "seq_mean_token_mean",
+    max_length: int | None = None,
 ) -> LossOutput:
     """GRPO (Shao et al. 2024, eq. 3–4): per-token clipped surrogate with the sequence's
     advantage on every token, plus kl_coef·k3(π‖π_ref) per token (eq. 4's unbiased estimator,
-    :func:`rlhfkit.ops.kl_k3`), averaged over each sequence's tokens (the 1/|o_i| of eq. 3).
+    :func:`rlhfkit.ops.kl_k3`), aggregated by ``loss_aggregation``: ``seq_mean_token_mean`` is
+    the paper's 1/|o_i| per-sequence mean (eq. 3), ``token_mean`` DAPO's, ``seq_sum_norm`` Dr.
+    GRPO's constant normaliser ``max_length`` (:func:`rlhfkit.ops.aggregate_token_losses`).
 
     Shapes: logprobs, old_logprobs, mask (B, T); advantages (B,) (e.g.
     :func:`rlhfkit.ops.group_advantages`); ref_logprobs (B, T) or None → losses (B,).
@@ -457,11 +466,13 @@ def grpo_policy_loss(
         )
     if kl_coef != 0.0 and ref_logprobs is None:
         raise ValueError("grpo_policy_loss: kl_coef != 0 needs ref_logprobs")
-    policy = ppo_policy_loss(logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), mask, cliprange=cliprange)
+    aggregation = dict(loss_aggregation=loss_aggregation, max_length=max_length)
+    policy = ppo_policy_loss(logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), mask,
+                             cliprange=cliprange, **aggregation)
     losses, stats = policy.losses, dict(policy.stats)
     if ref_logprobs is not None:
         kl = kl_k3(logprobs, ref_logprobs)  # (B, T)
         stats["kl"] = masked_mean(kl.detach(), mask)
         if kl_coef != 0.0:
-            losses = losses + kl_coef * masked_mean(kl, mask, dim=1)
+            losses = losses + kl_coef * aggregate_token_losses(kl, mask, mode=loss_aggregation, max_length=max_length)
     return LossOutput(losses=losses, stats=stats)

@@ -19,6 +19,8 @@ __all__ = [
     "masked_sum",
     "masked_mean",
     "masked_var",
+    "LOSS_AGGREGATIONS",
+    "aggregate_token_losses",
     "masked_whiten",
     "logprobs_from_logits",
     "entropy_from_logits",
@@ -64,6 +66,34 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """
     count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
     return masked_sum(x, mask, dim) / count.clamp(min=1)
+
+
+LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
+
+
+def aggregate_token_losses(per_token: Tensor, mask: Tensor, *, mode: str, max_length: int | None = None) -> Tensor:
+    """Per-sequence terms whose mean over the batch is the policy loss under ``mode``.
+
+    Shapes: per_token, mask (B, T) → (B,). With S_i = Σ_t mask·loss of sequence i, |o_i| its
+    token count and N = Σ_i |o_i|:
+    - ``seq_mean_token_mean`` (GRPO, Shao et al. 2024 eq. 3): S_i / |o_i| — each response weighs
+      the same, so a token of a short response weighs more than one of a long response;
+    - ``token_mean`` (DAPO, Yu et al. 2025; TRL's and the "N implementation details" PPO):
+      S_i · B / N — the batch mean is Σ_i S_i / N, every token weighs the same;
+    - ``seq_sum_norm`` (Dr. GRPO, Liu et al. 2025 eq. 5): S_i / max_length, a constant — no length
+      normalisation at all; with one action per response it is REINFORCE on log π(y|x) =
+      Σ_t log π(y_t|…), scaled by a constant (RLOO, Ahmadian et al. 2024).
+    """
+    sums = masked_sum(per_token, mask, dim=1)  # (B,)
+    if mode == "seq_mean_token_mean":
+        return sums / mask.to(per_token.dtype).sum(1).clamp(min=1)
+    if mode == "token_mean":
+        return sums * per_token.shape[0] / mask.to(per_token.dtype).sum().clamp(min=1)
+    if mode == "seq_sum_norm":
+        if not max_length or max_length <= 0:
+            raise ValueError("aggregate_token_losses: seq_sum_norm needs max_length > 0 (the longest response)")
+        return sums / max_length
+    raise ValueError(f"loss aggregation must be one of {', '.join(LOSS_AGGREGATIONS)}, got {mode!r}")
 
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 
 from rlhfkit.config import require, save_config
 from rlhfkit.data.records import write_jsonl
+from rlhfkit.models.precision import PRECISIONS, resolve_precision
 from rlhfkit.models.tiny import TinyModelSpec
 
 # Demo steps run after the reward model, in this order; each is a module with run(ctx) -> entries.
@@ -75,11 +76,11 @@ class DemoConfig:
     """reward-model budget"""
     methods: list[str] = field(default_factory=lambda: ["all"])
     """which method steps to run after the reward model ("all", or names such as dpo, ppo)"""
-    precision: str = "bf16"
-    """bf16 autocast for training (fp32 for exact arithmetic)"""
+    precision: str = "auto"
+    """auto (bf16 where the hardware runs it natively, else fp32), bf16 autocast, or fp32 for every stage"""
 
     def validate(self) -> None:
-        require(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
+        require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
         require(self.eval_samples >= 1, "eval_samples must be >= 1")
 
     def scaled(self) -> "DemoConfig":
@@ -228,7 +229,11 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     from rlhfkit.tasks import FactsTask
     from rlhfkit.train.sft import PretrainConfig, SFTConfig, run_pretrain, run_sft
 
+    from dataclasses import replace
+
     config = config.scaled()
+    # auto -> bf16 or fp32 once, said in the log; every stage then gets the explicit choice
+    config = replace(config, precision=resolve_precision(config.precision, announce=True))
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -302,7 +307,8 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     timings["evaluate"] = time.time() - t
     timings["total"] = time.time() - t0
 
-    summary = {"task": "facts", "seed": config.seed, "quick": config.quick, "methods": methods,
+    summary = {"task": "facts", "seed": config.seed, "quick": config.quick, "precision": config.precision,
+               "methods": methods,
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     if reward_entry is not None:
         summary["methods"]["reward_model"] = reward_entry

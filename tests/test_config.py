@@ -65,3 +65,15 @@ def test_help_shows_field_docs():
     assert field_docs(Cfg)["steps"] == "number of steps"
     text = describe(Cfg)
     assert "inner.rate" in text and "the inner rate" in text and "one of two modes" in text
+
+
+@pytest.mark.parametrize("max_prompt_length", [128, 200, 0])
+def test_max_prompt_length_must_leave_room_for_the_completion(max_prompt_length):
+    # truncation keeps max_prompt_length prompt tokens and fills max_length with the completion:
+    # room 128 − 128 = 0 would give an empty completion, 128 − 200 < 0 would keep too many tokens
+    from rlhfkit.train.preference import DPOConfig
+
+    config = DPOConfig(model="m", data="d.jsonl", max_length=128, max_prompt_length=max_prompt_length)
+    with pytest.raises(ConfigError, match=rf"max_prompt_length \({max_prompt_length}\) must be positive and below max_length \(128\)"):
+        config.validate()
+    DPOConfig(model="m", data="d.jsonl", max_length=128, max_prompt_length=127).validate()

@@ -80,3 +80,56 @@ def test_group_method_raises_a_python_reward(method, tiny_model_dir, tmp_path):
     first, last = sum(r["objective/scores"] for r in m[:3]) / 3, sum(r["objective/scores"] for r in m[-3:]) / 3
     assert last > first + 0.1, (first, last)
     assert (tmp_path / method / "final" / "config.json").exists()
+
+
+def test_dr_grpo_needs_both_of_its_changes():
+    from rlhfkit.demo_steps.rl import variant
+
+    assert not GRPOConfig(scale_by_std=False).is_dr_grpo  # the per-response 1/|o_i| is still there
+    assert not GRPOConfig(loss_aggregation="seq_sum_norm").is_dr_grpo  # the std scaling is still there
+    dr = GRPOConfig(scale_by_std=False, loss_aggregation="seq_sum_norm")
+    assert dr.is_dr_grpo and variant(dr).startswith("Dr. GRPO")
+    assert variant(GRPOConfig(scale_by_std=False)) == "GRPO without std scaling, loss_aggregation=seq_mean_token_mean"
+    # RLOO treats the whole response as one action: a token sum (over a constant), not a mean
+    assert RLOOConfig().loss_aggregation == "seq_sum_norm"
+    with pytest.raises(ConfigError, match="loss_aggregation must be one of"):
+        GRPOConfig(model="m", prompts="p.jsonl", reward=RewardSettings(functions=["os.path:join"]),
+                   loss_aggregation="sum").validate()
+
+
+def test_token_mean_micro_batches_add_up_to_the_minibatch_token_mean():
+    from rlhfkit.train.rl_common import micro_batch_weights
+
+    # minibatch rows 0..3 with 3, 1, 2, 2 tokens, cut into two micro-batches [0, 1] and [2, 3]:
+    # their token means are weighted by 4/8 and 4/8 (here equal), e.g. rows [0, 2] | [1, 3]: 5/8 and 3/8
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0]])
+    assert micro_batch_weights([torch.tensor([0, 2]), torch.tensor([1, 3])], mask, "token_mean") == [5 / 8, 3 / 8]
+    assert micro_batch_weights([torch.tensor([0, 2]), torch.tensor([1, 3])], mask, "seq_sum_norm") == [0.5, 0.5]
+    # and so the weighted micro-batch losses equal the minibatch's token mean exactly
+    from rlhfkit.ops import aggregate_token_losses
+
+    per_token = torch.arange(12.0).view(4, 3)
+    whole = aggregate_token_losses(per_token, mask, mode="token_mean").mean()
+    parts = [w * aggregate_token_losses(per_token[i], mask[i], mode="token_mean").mean()
+             for i, w in zip([torch.tensor([0, 2]), torch.tensor([1, 3])], [5 / 8, 3 / 8])]
+    assert torch.allclose(sum(parts), whole)
+
+
+@pytest.mark.slow
+def test_learning_rate_schedule_spans_every_optimiser_step(tiny_model_dir, tmp_path):
+    # 3 iterations × 2 epochs × 2 minibatches = 12 optimiser steps; cosine from 1e-3 to 0.1 · 1e-3.
+    # After iteration 1 (4 steps): progress 4/12 → 0.1 + 0.9 · ½(1 + cos(π/3)) = 0.775 → lr 7.75e-4;
+    # the minimum is reached after the 12th step, not after the 3rd (the old schedule over iterations).
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"User: what color is the {n}?\nAssistant:"}) + "\n"
+                               for n in ("dax", "wug", "zorp", "fep")))
+    config = GRPOConfig(model=str(tiny_model_dir), prompts=str(prompts), output_dir=str(tmp_path / "grpo"),
+                        reward=RewardSettings(functions=["tests.test_group:letters"]),
+                        sampling=SamplingConfig(max_new_tokens=4, batch_size=8), batch_size=8, num_generations=2,
+                        num_ppo_epochs=2, num_minibatches=2, total_steps=3, progress=False, save_every=0,
+                        optim=OptimConfig(learning_rate=1e-3, warmup_ratio=0.0, min_lr_ratio=0.1))
+    assert config.optimizer_steps == 12
+    run_grpo(config)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()[1:]]
+    assert lrs[0] == pytest.approx(7.75e-4)
+    assert lrs[-1] == pytest.approx(1e-4) and min(lrs[:-1]) > 1e-4 * 1.5

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlhfkit.data.rankings import expand_ranking, flatten_ranking_pairs
+from rlhfkit.ops import LOSS_AGGREGATIONS, aggregate_token_losses
 from rlhfkit.losses import (
     AVG_LOGPS_LOSSES,
     DPO_LOSSES,
@@ -335,3 +336,54 @@ def test_grpo_rejects_bad_arguments():
         grpo_policy_loss(logp, logp, torch.zeros(2, 3), mask, cliprange=0.2)
     with pytest.raises(ValueError, match="kl_coef != 0 needs ref_logprobs"):
         grpo_policy_loss(logp, logp, torch.zeros(2), mask, cliprange=0.2, kl_coef=0.1)
+
+
+# ---------------------------------------------------------------- how per-token losses are aggregated
+
+
+def test_the_three_loss_aggregations_by_hand():
+    # two responses: [1, 2, 3] (3 tokens) and [6, pad, pad] (1 token); max_length 4
+    # seq_mean_token_mean (GRPO): (6/3 + 6/1)/2 = (2 + 6)/2 = 4
+    # token_mean (DAPO, PPO):     (1 + 2 + 3 + 6)/4 tokens = 3
+    # seq_sum_norm (Dr. GRPO):    (6 + 6)/(2 responses · 4) = 1.5
+    per_token = T([[1.0, 2.0, 3.0], [6.0, 99.0, 99.0]])
+    mask = T([[1, 1, 1], [1, 0, 0]])
+    means = {mode: aggregate_token_losses(per_token, mask, mode=mode, max_length=4).mean().item()
+             for mode in LOSS_AGGREGATIONS}
+    assert means == pytest.approx({"seq_mean_token_mean": 4.0, "token_mean": 3.0, "seq_sum_norm": 1.5})
+    with pytest.raises(ValueError, match="seq_sum_norm needs max_length"):
+        aggregate_token_losses(per_token, mask, mode="seq_sum_norm")
+    with pytest.raises(ValueError, match="must be one of"):
+        aggregate_token_losses(per_token, mask, mode="sum")
+
+
+def test_dr_grpo_loss_has_no_length_normalisation():
+    # ratio 1 and A = 1 on every token: the surrogate is −1 per token. Per-response means give
+    # every response −1 whatever its length; Dr. GRPO's constant normaliser makes the loss of a
+    # response proportional to its length: −3/4 and −1/4 with max_length 4.
+    logp = torch.zeros(2, 3)
+    mask = T([[1, 1, 1], [1, 0, 0]])
+    grpo = grpo_policy_loss(logp, logp.clone(), T([1.0, 1.0]), mask, cliprange=0.2)
+    dr = grpo_policy_loss(logp, logp.clone(), T([1.0, 1.0]), mask, cliprange=0.2,
+                          loss_aggregation="seq_sum_norm", max_length=4)
+    close(grpo.losses, [-1.0, -1.0])
+    close(dr.losses, [-0.75, -0.25])
+    # the k3 KL term is aggregated the same way: row 0 log r = ref − logp = −0.5, k3 = e^{−0.5} − 1 + 0.5
+    # = 0.106531 per token
+    ref = T([[-0.5, -0.5, -0.5], [0.0, 0.0, 0.0]])
+    with_kl = grpo_policy_loss(logp, logp.clone(), T([1.0, 1.0]), mask, cliprange=0.2, ref_logprobs=ref,
+                               kl_coef=1.0, loss_aggregation="seq_sum_norm", max_length=4)
+    close(with_kl.losses, [-0.75 + 3 * 0.1065307 / 4, -0.25])
+
+
+def test_token_mean_weighs_every_token_the_same_in_ppo():
+    # A = 1 on row 0 (3 tokens), A = −1 on row 1 (1 token), ratio 1: token mean (−3 + 1)/4 = −0.5,
+    # per-response mean (−1 + 1)/2 = 0 ; value loss ½(v − R)² with v − R = 1 everywhere: ½ either way
+    logp = torch.zeros(2, 3)
+    mask = T([[1, 1, 1], [1, 0, 0]])
+    adv = T([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
+    close(ppo_policy_loss(logp, logp, adv, mask, cliprange=0.2, loss_aggregation="token_mean").losses.mean(), -0.5)
+    close(ppo_policy_loss(logp, logp, adv, mask, cliprange=0.2).losses.mean(), 0.0)
+    values = torch.ones(2, 3)
+    vf = ppo_value_loss(values, values, torch.zeros(2, 3), mask, cliprange_value=0.2, loss_aggregation="token_mean")
+    close(vf.losses.mean(), 0.5)

@@ -93,6 +93,29 @@ def test_policy_equals_reference_at_the_first_step(tiny_model_dir, tmp_path, kin
         assert first["train/kl"] == pytest.approx(0.0, abs=1e-4)  # float noise of padded batches, clamped ≥ 0
 
 
+@pytest.mark.parametrize("disable", [True, False])
+def test_dropout_is_off_by_default_so_step_0_rewards_are_zero(tiny_model_dir, tmp_path, disable):
+    # A model with attention dropout 0.5: in training mode with dropout on, the policy's log-probs
+    # differ from the reference's (computed once, in eval mode) although the weights are equal, so
+    # the implicit rewards of step 0 are noise; disable_dropout (the default, as in TRL) makes them 0.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attention_dropout=0.5)
+    model.save_pretrained(tmp_path / "dropout")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "dropout")
+    data = write(tmp_path / "p.jsonl", pair_rows(40, seed=2))
+    out = tmp_path / "dpo"
+    run_dpo(make(DPOConfig, tmp_path / "dropout", data, out, max_steps=1, disable_dropout=disable))
+    first = train_rows(out)[0]
+    margins = abs(first["train/rewards/chosen"]) + abs(first["train/rewards/rejected"])
+    if disable:
+        assert margins == pytest.approx(0.0, abs=1e-5) and first["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    else:  # the old behaviour, kept behind the flag: dropout noise in the implicit rewards
+        assert margins > 1e-3
+    # the saved folder keeps the model's own dropout setting
+    assert AutoModelForCausalLM.from_pretrained(out / "final").config.attention_dropout == 0.5
+
+
 # ---------------------------------------------------------------- the reference cache
 
 

@@ -38,15 +38,16 @@ _PPO = {**_SHARED, "kl_coef": 0.5, "vf_coef": 0.1, "value_model": "reward", "val
 # 3,000 labelled prompts) batch 128 in 4 minibatches gave 0.718 (batch 64: 0.687; lr 2e-4 for 60
 # steps: 0.693; kl_coef 0.3: 0.697). GRPO's KL is a per-token mean in the loss
 # (k3), hence its own coefficient; RLOO's is the per-sequence sum in the reward, as PPO's. GRPO
-# centres rewards within each group without dividing by the group's std (Dr. GRPO, Liu et al. 2025):
-# with this noisy reward model, dividing by the std of near-tied groups amplified reward-model noise
-# (win rate 0.57 with the std, 0.60 without, at lr 1e-4, kl_coef 0.3).
+# centres rewards within each group without dividing by the group's std: with this noisy reward
+# model, dividing by the std of near-tied groups amplified reward-model noise (win rate 0.57 with the
+# std, 0.60 without, at lr 1e-4, kl_coef 0.3); with token sums over a constant instead of per-response
+# means (loss_aggregation=seq_sum_norm) it is Dr. GRPO (Liu et al. 2025), both of its changes.
 RECIPES: dict[str, Recipe] = {
     "ppo": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.ppo", _PPO),
     "ppo_no_kl": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.ppo", {**_PPO, "kl_coef": 0.0, "total_steps": 60}),
     "grpo": Recipe("GRPOConfig", "run_grpo", "rlhfkit.train.group",
                    {**_SHARED, "learning_rate": 1e-4, "num_generations": 4, "kl_in": "loss", "kl_coef": 0.3,
-                    "scale_by_std": False}),
+                    "scale_by_std": False, "loss_aggregation": "seq_sum_norm"}),
     "rloo": Recipe("RLOOConfig", "run_rloo", "rlhfkit.train.group",
                    {**_SHARED, "num_generations": 4, "kl_in": "reward", "kl_coef": 0.5}),
 }
@@ -139,6 +140,18 @@ def curve_section(curves: dict[str, list[dict]], points: int = 12) -> str:
     )
 
 
+def variant(config) -> str:
+    """What the method really was, for the results table: "Dr. GRPO" only when both of Liu et al.'s
+    changes hold (no std scaling and no per-response length normalisation)."""
+    name = type(config).__name__.removesuffix("Config")
+    if name == "GRPO":
+        if config.is_dr_grpo:
+            name = "Dr. GRPO"
+        elif not config.scale_by_std:
+            name = "GRPO without std scaling"
+    return f"{name}, loss_aggregation={config.loss_aggregation}"
+
+
 def run(ctx) -> dict[str, dict]:
     """Train and evaluate every wanted RL method; returns ``{name: summary entry}``."""
     if ctx.reward is None:
@@ -151,6 +164,7 @@ def run(ctx) -> dict[str, dict]:
             continue
         final = train_method(ctx, name)
         entry = ctx.evaluate(final, name)
+        entry["variant"] = variant(method_config(ctx, name))
         curve = read_curve(final.parent)
         if curve:
             entry["train_gold_first_last"] = [curve[0]["gold"], _smooth([r["gold"] for r in curve], 5)[-1]]

@@ -69,6 +69,24 @@ def load_causal_lm(path: str | Path, *, dtype: str = "float32", lora: LoraSettin
     return model
 
 
+def disable_dropout(model) -> None:
+    """p = 0 in every dropout layer, and in the attention dropout that HF attention modules keep as a
+    float (Llama, Qwen2, Mistral apply it functionally, not through an ``nn.Dropout``). The model's
+    config is left as it is, so a saved folder keeps its own dropout settings.
+
+    Why (Huang et al. 2024; TRL's ``disable_dropout=True``): a preference or RL loss compares the
+    policy's log-probs with a reference's or with the rollout's. With dropout on in training mode
+    those differ even when the weights are equal, so DPO's implicit rewards are noise at step 0 and
+    PPO's first ratio is not 1."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if getattr(module, "attention_dropout", None) and isinstance(module.attention_dropout, float):
+            module.attention_dropout = 0.0
+
+
 def apply_lora(model, lora: LoraSettings, *, task_type: str):
     from peft import LoraConfig, get_peft_model
 

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import torch
 
+from rlhfkit.models.precision import resolve_precision
+
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
@@ -97,9 +99,13 @@ def optimizer_and_schedule(params, optim, *, total_steps: int, extra_groups: tup
 
 
 def start_run(config) -> Path:
-    """Create the run folder, write the resolved ``config.yaml`` into it and seed the RNGs."""
+    """Create the run folder, write the resolved ``config.yaml`` into it and seed the RNGs.
+
+    ``precision=auto`` is resolved here, once per stage, with one log line saying what was chosen
+    and why; config.yaml records the precision that ran."""
     from rlhfkit.config import save_config
 
+    config.precision = resolve_precision(config.precision, announce=True)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
@@ -246,10 +252,10 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, Any]) -> LoopState:
 
 
 def autocast(precision: str):
-    """bf16 autocast on CPU or GPU when asked; a no-op context otherwise."""
+    """bf16 autocast on CPU or GPU when asked (or when ``auto`` resolves to it); a no-op context otherwise."""
     import contextlib
 
-    if precision == "bf16":
+    if resolve_precision(precision) == "bf16":
         device = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -265,7 +271,7 @@ def make_accelerator(precision: str):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    mixed = "bf16" if precision == "bf16" else "no"
+    mixed = "bf16" if resolve_precision(precision) == "bf16" else "no"
     if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed)

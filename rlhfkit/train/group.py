@@ -29,8 +29,8 @@ from rlhfkit.ops import group_advantages, kl_estimate, rloo_advantages
 from rlhfkit.rewards import PythonRewardSource, build_reward_source
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train import common
-from rlhfkit.train.rl_common import (ActorCritic, Reference, RLConfig, RunState, collect, load_prompts,
-                                     objective_metrics, optimise)
+from rlhfkit.train.rl_common import (ActorCritic, LossAggregation, Reference, RLConfig, RunState, collect,
+                                     load_prompts, objective_metrics, optimise)
 
 
 @dataclass
@@ -64,7 +64,16 @@ class GRPOConfig(GroupConfig):
     output_dir: str = "runs/grpo"
     """run folder: config.yaml, metrics.jsonl, checkpoints/, final/"""
     scale_by_std: bool = True
-    """divide the group-centred reward by the group's std (False: Dr. GRPO, Liu et al. 2025)"""
+    """divide the group-centred reward by the group's std (False with loss_aggregation=seq_sum_norm: Dr. GRPO)"""
+    loss_aggregation: LossAggregation = "seq_mean_token_mean"
+    """seq_mean_token_mean (the GRPO paper's 1/|o_i|), token_mean (DAPO) or seq_sum_norm (Dr. GRPO: token
+    sums over the constant sampling.max_new_tokens, no per-response length normalisation)"""
+
+    @property
+    def is_dr_grpo(self) -> bool:
+        """Dr. GRPO (Liu et al. 2025) removes both biases of GRPO: the std scaling of the advantage
+        and the per-response 1/|o_i| length normalisation. Only then is the name right."""
+        return not self.scale_by_std and self.loss_aggregation == "seq_sum_norm"
 
 
 @dataclass
@@ -73,6 +82,9 @@ class RLOOConfig(GroupConfig):
     """run folder: config.yaml, metrics.jsonl, checkpoints/, final/"""
     kl_in: Literal["loss", "reward"] = "reward"
     """where the KL penalty goes: Σ_t KL_t subtracted from the reward (RLOO) or per-token k3 in the loss"""
+    loss_aggregation: LossAggregation = "seq_sum_norm"
+    """seq_sum_norm by default: RLOO treats the whole response as one action (Ahmadian et al. 2024 §3),
+    so its gradient is A·∇log π(y|x) = A·Σ_t ∇log π(y_t|…), a token sum (over a constant, max_new_tokens)"""
 
 
 def sequence_scores(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *, kl_coef: float,
@@ -117,13 +129,14 @@ def _run(config: GroupConfig, name: str, *, resume: bool, reward_fns: Sequence[C
     tokenizer = load_tokenizer(config.model)
     prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
     policy = load_causal_lm(config.model, lora=config.lora).to(device)
-    actor = ActorCritic(policy)
+    actor = ActorCritic(policy, no_dropout=config.disable_dropout)
     reference = Reference(policy, config.model)
     reward = build_reward_source(config.reward, extra=reward_fns, device=device)
     if gold_fn is None and config.gold_function:
         gold_fn = PythonRewardSource(config.gold_function).fn
     generator = HFGenerator(policy, tokenizer, config.sampling)
-    optimizer, scheduler = common.optimizer_and_schedule(policy.parameters(), config.optim, total_steps=config.total_steps)
+    optimizer, scheduler = common.optimizer_and_schedule(policy.parameters(), config.optim,
+                                                         total_steps=config.optimizer_steps)
     modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler}
     n = config.num_generations
     run = RunState(config, name, modules, len(prompts), config.batch_size // n, resume=resume)
@@ -152,7 +165,8 @@ def _run(config: GroupConfig, name: str, *, resume: bool, reward_fns: Sequence[C
         def loss_fn(out, idx):
             ref = exp.ref_logprobs[idx] if kl_loss_coef else None
             result = grpo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
-                                      cliprange=config.cliprange, kl_coef=kl_loss_coef, ref_logprobs=ref)
+                                      cliprange=config.cliprange, kl_coef=kl_loss_coef, ref_logprobs=ref,
+                                      **config.aggregation)
             stats = {("policy/kl_k3" if k == "kl" else k): v for k, v in result.stats.items()}
             return result.losses.mean(), stats
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
-
 from rlhfkit.config import require
 from rlhfkit.models.loading import LoraSettings
+from rlhfkit.models.precision import Precision
 
 
 @dataclass
@@ -56,10 +55,13 @@ class TrainConfig:
     """passes over the data when ``max_steps`` is 0"""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """optimiser and learning-rate schedule"""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast (also on CPU) or full fp32"""
+    precision: Precision = "auto"
+    """auto (bf16 where the hardware runs it natively, else fp32; the choice is logged), bf16 autocast, or fp32"""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA settings; lora.r = 0 trains all weights"""
+    disable_dropout: bool = True
+    """switch off every dropout layer of the trained model (TRL's default for DPO and reward models): a
+    loss that compares the model with a reference or between two responses is then not dropout noise"""
     log_every: int = 10
     """optimiser steps between metric lines"""
     eval_every: int = 0
@@ -83,6 +85,9 @@ class TrainConfig:
         require(self.max_steps >= 0, "max_steps must be >= 0")
         require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
         require(self.max_length > 1, "max_length must exceed 1")
+        require(self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
+                f"max_prompt_length ({self.max_prompt_length}) must be positive and below max_length "
+                f"({self.max_length}): the completion needs room for at least one token")
 
     def total_steps(self, n_examples: int) -> int:
         """``max_steps``, or the optimiser steps of ``num_epochs`` passes over ``n_examples``."""

@@ -11,7 +11,9 @@ of Huang et al. 2024 ("The N+ Implementation Details of RLHF with PPO"). One ite
    the last response token
 4. values, GAE(γ, λ), whitened advantages
 5. PPO epochs × minibatches × gradient accumulation: clipped policy loss + vf_coef · clipped value
-   loss (+ ptx_coef · LM loss on SFT data, PPO-ptx)
+   loss (+ ptx_coef · LM loss on SFT data, PPO-ptx). Every token is an action (GAE gives each its
+   own advantage), so by default the loss is the mean over all tokens of the minibatch
+   (``loss_aggregation=token_mean``, as in Huang et al. 2024 and TRL), not a mean of per-response means
 6. update the KL controller; log objective/*, policy/*, val/*, response/*, time/*
 """
 
@@ -103,7 +105,7 @@ def build_optimizer(config: PPOConfig, actor: ActorCritic):
     value_modules = [m for m in (actor.critic, actor.value_head) if m is not None]
     value_group = ({"params": [p for m in value_modules for p in m.parameters()],
                     "lr": config.value_learning_rate or config.optim.learning_rate, "weight_decay": 0.0},)
-    return common.optimizer_and_schedule(actor.policy.parameters(), config.optim, total_steps=config.total_steps,
+    return common.optimizer_and_schedule(actor.policy.parameters(), config.optim, total_steps=config.optimizer_steps,
                                          extra_groups=value_group if value_modules else ())
 
 
@@ -161,7 +163,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
     prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
     policy = load_causal_lm(config.model, lora=config.lora).to(device)
     critic, value_head = build_value(config, policy)
-    actor = ActorCritic(policy, critic=critic, value_head=value_head)
+    actor = ActorCritic(policy, critic=critic, value_head=value_head, no_dropout=config.disable_dropout)
     reference = Reference(policy, config.model)
     reward = build_reward_source(config.reward, extra=reward_fns, device=device)
     if gold_fn is None and config.gold_function:
@@ -205,9 +207,9 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
         # 5. PPO epochs over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss
         def loss_fn(out, idx):
             pg = ppo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
-                                 cliprange=config.cliprange)
+                                 cliprange=config.cliprange, **config.aggregation)
             vf = ppo_value_loss(out.values, exp.values[idx], returns[idx], mask[idx],
-                                cliprange_value=config.cliprange_value)
+                                cliprange_value=config.cliprange_value, **config.aggregation)
             loss = pg.losses.mean() + config.vf_coef * vf.losses.mean()
             stats = {**pg.stats, **vf.stats, "loss/policy": pg.losses.mean(), "loss/value": vf.losses.mean()}
             if ptx is not None:  # PPO-ptx: the LM loss on SFT / pre-training data, mixed in

@@ -36,7 +36,8 @@ from rlhfkit.config import require
 from rlhfkit.data.tokenize import TruncationStats
 from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preference_stats, kto_loss,
                             kto_reference_point, orpo_loss, simpo_loss)
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
+from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
+from rlhfkit.models.precision import Precision
 from rlhfkit.ops import masked_mean
 from rlhfkit.train import common
 from rlhfkit.train import preference_data as D
@@ -69,8 +70,8 @@ class PreferenceConfig(TrainConfig):
     """preference pairs (KTO: examples) per micro-batch"""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-6, warmup_ratio=0.1))
     """optimiser and schedule"""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast (training and the reference pass) or fp32"""
+    precision: Precision = "auto"
+    """bf16 autocast (training and the reference pass), fp32, or auto (bf16 where the hardware runs it natively)"""
     seed: int = 0
     """seed of the data order, the held-out split and KTO's mismatched pairs"""
     ties: Literal["skip", "soft"] = "skip"
@@ -365,6 +366,8 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     total_steps = config.total_steps(len(train))
 
     model = load_causal_lm(config.model, lora=config.lora)
+    if config.disable_dropout:  # before the reference pass: the policy and its reference are one function
+        disable_dropout(model)
     optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     device, pad_id = accelerator.device, tokenizer.pad_token_id

@@ -22,7 +22,7 @@ from rlhfkit.data.rankings import expand_ranking
 from rlhfkit.data.records import DataError, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
-from rlhfkit.models.loading import load_tokenizer, save_model
+from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
 from rlhfkit.models.reward import BIAS_KEY, RewardScorer, load_reward_model, reward_forward
 from rlhfkit.train import common
 from rlhfkit.train.loop import spec_from_config, train_loop
@@ -225,6 +225,8 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     common.set_seed(seed)
     accelerator = common.make_accelerator(config.precision)
     model = load_reward_model(config.model, lora=config.lora)
+    if config.disable_dropout:
+        disable_dropout(model)
     total_steps = config.total_steps(len(groups))
     optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -25,8 +25,9 @@ from rlhfkit.config import require
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.forward import _decoder_and_head, sequence_logprobs
-from rlhfkit.models.loading import LoraSettings, is_peft, load_causal_lm
-from rlhfkit.ops import entropy_from_logits, logprobs_from_logits, masked_var
+from rlhfkit.models.loading import LoraSettings, disable_dropout, is_peft, load_causal_lm
+from rlhfkit.models.precision import Precision
+from rlhfkit.ops import LOSS_AGGREGATIONS, entropy_from_logits, logprobs_from_logits, masked_var
 from rlhfkit.rewards import RewardSettings, RewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import decode_responses
@@ -34,6 +35,8 @@ from rlhfkit.train import common
 from rlhfkit.train.options import OptimConfig
 
 log = logging.getLogger("rlhfkit")
+
+LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_sum_norm"]
 
 
 @dataclass
@@ -68,13 +71,20 @@ class RLConfig:
     """PPO ratio clip ε (Schulman et al. 2017)"""
     kl_coef: float = 0.05
     """coefficient β of the KL(policy ‖ reference) penalty"""
+    loss_aggregation: LossAggregation = "token_mean"
+    """how per-token losses become one: token_mean (every token of the minibatch weighs the same),
+    seq_mean_token_mean (mean per response, then over responses: GRPO), seq_sum_norm (token sums over
+    the constant sampling.max_new_tokens: Dr. GRPO); see rlhfkit.ops.aggregate_token_losses"""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=3e-6, warmup_ratio=0.0,
                                                                    min_lr_ratio=1.0))
     """optimiser; the default schedule is constant (min_lr_ratio = 1)"""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the policy (lora.r = 0: full fine-tune); with LoRA the reference is the adapter disabled"""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast for the forward passes, or fp32"""
+    disable_dropout: bool = True
+    """switch off dropout in the policy, value model and reference (Huang et al. 2024): only then do the
+    log-probs of the training forward equal the rollout's (first PPO ratio exactly 1)"""
+    precision: Precision = "auto"
+    """bf16 autocast for the forward passes, fp32, or auto (bf16 where the hardware runs it natively)"""
     forward_batch_size: int = 64
     """sequences per no-grad forward pass (old, reference log-probs, values)"""
     gold_function: str | None = None
@@ -89,6 +99,12 @@ class RLConfig:
     """also write TensorBoard event files"""
     progress: bool = True
     """show a progress bar / periodic progress lines"""
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimiser steps of the whole run: every iteration takes ``num_ppo_epochs`` ×
+        ``num_minibatches`` of them, so the learning-rate schedule is built over this many."""
+        return self.total_steps * self.num_ppo_epochs * self.num_minibatches
 
     def validate_common(self, *, extra_rewards: int = 0) -> None:
         require(bool(self.model), "model: set the SFT policy folder (model=path)")
@@ -107,6 +123,13 @@ class RLConfig:
         require(self.cliprange > 0, "cliprange must be > 0")
         require(self.kl_coef >= 0, "kl_coef must be >= 0")
         require(self.max_prompt_length > 0, "max_prompt_length must be positive")
+        require(self.loss_aggregation in LOSS_AGGREGATIONS,
+                f"loss_aggregation must be one of {', '.join(LOSS_AGGREGATIONS)}, got {self.loss_aggregation!r}")
+
+    @property
+    def aggregation(self) -> dict:
+        """The keyword arguments that tell a policy loss how to aggregate its tokens."""
+        return {"loss_aggregation": self.loss_aggregation, "max_length": self.sampling.max_new_tokens}
 
 
 # ---------------------------------------------------------------- prompts
@@ -125,13 +148,6 @@ def load_prompts(path: str, tokenizer, *, max_prompt_length: int) -> tuple[list,
 
 
 # ---------------------------------------------------------------- policy, value function, reference
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """p = 0 in every dropout layer (Huang et al. 2024): rollout and training log-probs then agree."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def token_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -155,12 +171,13 @@ class ActorCritic:
     critic (initialised from a reward model, Ouyang et al. 2022 §3.5) or a linear value head on the
     policy's last hidden state (one shared backbone, as in Ziegler et al. 2019's head variant)."""
 
-    def __init__(self, policy, *, critic=None, value_head: torch.nn.Linear | None = None):
+    def __init__(self, policy, *, critic=None, value_head: torch.nn.Linear | None = None, no_dropout: bool = True):
         if critic is not None and value_head is not None:
             raise ValueError("ActorCritic takes a critic or a value head, not both")
         self.policy, self.critic, self.value_head = policy, critic, value_head
-        for module in self.modules().values():
-            disable_dropout(module)
+        if no_dropout:
+            for module in self.modules().values():
+                disable_dropout(module)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         found = {"policy": self.policy, "critic": self.critic, "value_head": self.value_head}
@@ -390,6 +407,17 @@ def minibatches(n: int, config: RLConfig, generator: torch.Generator):
             yield [minibatch[s: s + micro] for s in range(0, mb, micro)]
 
 
+def micro_batch_weights(micro_batches: list[torch.Tensor], mask: torch.Tensor, loss_aggregation: str) -> list[float]:
+    """Weights that make the sum of the micro-batch losses the minibatch's loss: each micro-batch's
+    share of the minibatch's tokens under ``token_mean`` (its loss is a mean over its own tokens),
+    else 1 / (number of micro-batches) (their losses are means over equally many responses)."""
+    if loss_aggregation != "token_mean":
+        return [1.0 / len(micro_batches)] * len(micro_batches)
+    tokens = [float(mask[idx].sum()) for idx in micro_batches]
+    total = max(sum(tokens), 1.0)
+    return [t / total for t in tokens]
+
+
 def optimise(actor: ActorCritic, exp: Experience, config: RLConfig, optimizer, scheduler, shuffle: torch.Generator,
              loss_fn: Callable, *, values: bool) -> dict[str, float]:
     """Step 5 of every method: ``num_ppo_epochs`` × shuffled minibatches (one optimiser step each) ×
@@ -401,8 +429,7 @@ def optimise(actor: ActorCritic, exp: Experience, config: RLConfig, optimizer, s
     actor.train(True)
     for micro_batches in minibatches(len(exp.responses), config, shuffle):
         acc: dict[str, float] = {}
-        weight = 1.0 / len(micro_batches)
-        for idx in micro_batches:
+        for idx, weight in zip(micro_batches, micro_batch_weights(micro_batches, exp.mask, config.loss_aggregation)):
             with common.autocast(config.precision):
                 out = actor.forward(**exp.rows(idx), context_length=exp.context_length,
                                     temperature=config.sampling.temperature, values=values)

@@ -16,7 +16,7 @@ import torch
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, collate_sft, encode_sft_records, pack_documents
 from rlhfkit.models.forward import causal_lm_loss
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
+from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
 from rlhfkit.train import common
 from rlhfkit.train.loop import spec_from_config, train_loop
 from rlhfkit.train.options import OptimConfig, TrainConfig  # noqa: F401  (OptimConfig re-exported)
@@ -36,6 +36,8 @@ class SFTConfig(TrainConfig):
     """over-long examples are truncated (prompt left, then completion right) or skipped; both are counted"""
     group_by_length: bool = True
     """batch examples of similar length together (little padding, order still random)"""
+    disable_dropout: bool = False
+    """switch off dropout; off by default for supervised training, where dropout regularises as in pre-training"""
 
 
 @dataclass
@@ -118,6 +120,8 @@ def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
     total_steps = config.total_steps(len(train_examples))
 
     model = load_causal_lm(config.model, lora=config.lora)
+    if config.disable_dropout:
+        disable_dropout(model)
     optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id

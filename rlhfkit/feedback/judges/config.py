@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from rlhfkit.config import require
 from rlhfkit.feedback.judges.base import DEFAULT_CRITERION
+from rlhfkit.models.precision import PRECISIONS
 
 JUDGE_KINDS = ("local", "http", "reward", "python")
 
@@ -44,8 +45,8 @@ class JudgeConfig:
     """judge prompts per forward pass (local, reward)"""
     max_length: int = 1024
     """longest judge prompt in tokens (local); longer ones are an error naming the comparison"""
-    precision: str = "fp32"
-    """local: fp32 or bf16 (autocast)"""
+    precision: str = "auto"
+    """local: fp32, bf16 (autocast) or auto (bf16 where the hardware runs it natively)"""
     timeout: float = 60.0
     """http: seconds before a request is abandoned (then retried)"""
     retries: int = 4
@@ -68,7 +69,7 @@ class JudgeConfig:
             require(self.function is not None, "judge.function: a python judge needs 'package.module:function'")
         require(len(self.choices) == 2 and self.choices[0] != self.choices[1],
                 f"judge.choices must be two different answers, got {self.choices}")
-        require(self.precision in ("fp32", "bf16"), "judge.precision must be fp32 or bf16")
+        require(self.precision in PRECISIONS, f"judge.precision must be one of {', '.join(PRECISIONS)}")
         require(self.batch_size >= 1 and self.concurrency >= 1, "judge.batch_size and judge.concurrency must be >= 1")
         require(self.retries >= 0 and self.timeout > 0 and self.backoff >= 0,
                 "judge.retries and judge.backoff must be >= 0, judge.timeout > 0")

@@ -30,6 +30,7 @@ from rlhfkit.feedback.judges.base import (DEFAULT_CRITERION, BothOrdersJudge, Ju
                                           two_choice_probability)
 from rlhfkit.models.forward import _decoder_and_head
 from rlhfkit.models.loading import model_label
+from rlhfkit.models.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,8 @@ class LocalLMJudge(BothOrdersJudge):
     def __init__(self, model_or_dir, tokenizer=None, *, template: JudgeTemplate = JudgeTemplate(),
                  criterion: str = DEFAULT_CRITERION, both_orders: bool = True, cot: bool = False,
                  cot_max_new_tokens: int = 128, batch_size: int = 16, max_length: int = 1024,
-                 precision: str = "fp32", name: str | None = None, device: str | None = None,
+                 precision: str = "auto", name: str | None = None, device: str | None = None,
                  log_every: int = 20):
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         if isinstance(model_or_dir, (str, Path)):
             from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
@@ -67,7 +66,8 @@ class LocalLMJudge(BothOrdersJudge):
                 model.to(device)
         self.model, self.tokenizer, self.template, self.criterion = model, tokenizer, template, criterion
         self.both_orders, self.cot, self.cot_max_new_tokens = both_orders, cot, cot_max_new_tokens
-        self.batch_size, self.max_length, self.precision = batch_size, max_length, precision
+        self.batch_size, self.max_length = batch_size, max_length
+        self.precision = resolve_precision(precision, next(model.parameters()).device)
         self.name, self.log_every = name or "local", log_every
         self._warned_multi_token = False
 
