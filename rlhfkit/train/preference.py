@@ -77,7 +77,7 @@ class PreferenceConfig(TrainConfig):
     ties: Literal["skip", "soft"] = "skip"
     """tied responses of a ranking: not trained on, or kept as label_prob = 0.5 pairs (soft-label DPO only)"""
     hh_raw_text: bool = False
-    """Anthropic HH transcripts stay raw "\n\nHuman: …\n\nAssistant:" text; by default they become chat messages when the tokenizer has a chat template"""
+    """Anthropic HH transcripts (Human: … Assistant: … turns) stay raw text, the prompt ending in "Assistant:"; by default they become chat messages when the tokenizer has a chat template"""
 
 
 @dataclass

@@ -55,7 +55,7 @@ class RewardConfig(TrainConfig):
     margin_from_scores: bool = False
     """pairwise records train with margin = score_chosen - score_rejected (UltraFeedback's ratings; Llama 2's margin loss); every pairwise record then needs both columns and no ``margin``"""
     hh_raw_text: bool = False
-    """Anthropic HH transcripts stay raw "\n\nHuman: …\n\nAssistant:" text; by default they become chat messages when the tokenizer has a chat template"""
+    """Anthropic HH transcripts (Human: … Assistant: … turns) stay raw text, the prompt ending in "Assistant:"; by default they become chat messages when the tokenizer has a chat template"""
 
     def validate(self) -> None:
         super().validate()
