@@ -18,16 +18,21 @@ kind           fields
 =============  ==========================================================================
 
 Wherever a string is allowed, a conversational list of ``{"role", "content"}`` messages is too.
+Public layouts (Anthropic HH transcripts, UltraFeedback-style conversations that repeat the prompt,
+``score_chosen`` / ``score_rejected``) are normalised into these forms first: :mod:`rlhfkit.data.layouts`.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from rlhfkit.data.layouts import LayoutError, LayoutOptions, normalise_record
 from rlhfkit.data.rankings import expand_ranking
+from rlhfkit.data.tokenize import RenderError
 
 KINDS = ("sft", "pairwise", "ranking", "preference", "unpaired", "prompt", "text")
 
@@ -41,6 +46,17 @@ class DataError(ValueError):
             where += f": field '{field}'"
         super().__init__(f"{where}: {message}")
         self.source, self.line, self.field = source, line, field
+
+
+@contextmanager
+def at_record(source: str, line: int | None, *, completion: str = "completion"):
+    """Turn a :class:`~rlhfkit.data.tokenize.RenderError` raised while encoding one record (e.g. a
+    chat template that refuses its role order) into a DataError naming the file, the line and the
+    field; ``completion`` names the field that held the completion ("chosen", "responses[1]", ...)."""
+    try:
+        yield
+    except RenderError as err:
+        raise DataError(source, line, completion if err.field == "completion" else err.field, str(err)) from None
 
 
 @dataclass
@@ -127,6 +143,8 @@ def validate_pairwise(record: dict, source: str, line: int) -> dict:
     if _same(record["chosen"], record["rejected"]):
         raise DataError(source, line, "rejected", "is identical to 'chosen'")
     _check_number(record, "margin", source, line)
+    _check_number(record, "score_chosen", source, line)  # UltraFeedback ratings: used only as margin_from_scores
+    _check_number(record, "score_rejected", source, line)
     _check_number(record, "label_prob", source, line, 0.0, 1.0)
     annotator = record.get("annotator")
     if annotator is not None and not isinstance(annotator, (str, int, list)):
@@ -222,11 +240,15 @@ def _iter_hf_dataset(name: str, split: str):
         yield index + 1, dict(record)  # "line" = 1-based row number for HF datasets
 
 
-def load_records(source: str | Path, kind: str, *, split: str = "train", limit: int | None = None) -> RecordSet:
+def load_records(source: str | Path, kind: str, *, split: str = "train", limit: int | None = None,
+                 layout: LayoutOptions | None = None) -> RecordSet:
     """Read and validate records of ``kind`` from a JSONL file, an HF dataset folder, or an HF hub name.
 
+    Records in a known public layout are normalised first (:func:`rlhfkit.data.layouts.normalise_record`,
+    as ``layout`` asks; by default HH transcripts stay raw text and scores are not margins).
     Raises DataError (file, line, field) on the first bad record; nothing is dropped silently.
     """
+    layout = layout or LayoutOptions()
     if kind not in VALIDATORS:
         raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
     validate = VALIDATORS[kind]
@@ -239,6 +261,10 @@ def load_records(source: str | Path, kind: str, *, split: str = "train", limit: 
         rows = _iter_hf_dataset(str(source), split)
     records, lines = [], []
     for number, record in rows:
+        try:
+            record = normalise_record(record, kind, layout)
+        except LayoutError as err:
+            raise DataError(str(source), number, err.field, str(err)) from None
         records.append(validate(record, str(source), number))
         lines.append(number)
         if limit is not None and len(records) >= limit:

@@ -21,13 +21,33 @@ from typing import Any
 IGNORE_INDEX = -100
 
 
+class RenderError(ValueError):
+    """A record cannot be rendered: no chat template for messages, the template raised (e.g. for a
+    role order it refuses), or it renders the prompt differently with and without the reply.
+    ``field`` is the record's field at fault ("prompt" or "completion"); the stages turn it into a
+    :class:`rlhfkit.data.records.DataError` naming the file and the line."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _apply_template(tokenizer, messages: list[dict], field: str, **kwargs) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise RenderError(field, "conversational records need a tokenizer with a chat template")
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as err:  # a user's Jinja template may raise anything (TemplateError, TypeError, ...)
+        roles = ", ".join(str(m.get("role")) for m in messages)
+        raise RenderError(field, f"the chat template failed on messages with roles [{roles}]: "
+                                 f"{type(err).__name__}: {err}") from err
+
+
 def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
     """Prompt text as the model sees it (chat template with generation prompt for message lists)."""
     if isinstance(prompt, str):
         return prompt
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("conversational records need a tokenizer with a chat template")
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return _apply_template(tokenizer, prompt, "prompt", add_generation_prompt=True)
 
 
 def render_completion(tokenizer, prompt: str | list[dict], completion: str | list[dict]) -> str:
@@ -36,10 +56,11 @@ def render_completion(tokenizer, prompt: str | list[dict], completion: str | lis
         return completion
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
-    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    prompt_text = _apply_template(tokenizer, prompt, "prompt", add_generation_prompt=True)
+    full_text = _apply_template(tokenizer, prompt + completion, "completion")
     if not full_text.startswith(prompt_text):
-        raise ValueError("the chat template renders the prompt differently with and without the reply")
+        raise RenderError("completion", "the chat template renders the prompt differently with and without the "
+                                        "reply (does the completion repeat the prompt's turns?)")
     return full_text[len(prompt_text):]
 
 
@@ -125,10 +146,17 @@ class Encoded:
 
 def encode_sft_records(tokenizer, records, *, max_length: int, max_prompt_length: int | None = None,
                        truncation: str = "truncate") -> Encoded:
+    """Encode SFT records; given a :class:`~rlhfkit.data.records.RecordSet`, a record the chat
+    template cannot render is a DataError naming its file and line."""
+    from rlhfkit.data.records import at_record
+
     out = Encoded()
-    for record in records:
-        example = encode_sft(tokenizer, record["prompt"], record["completion"], max_length=max_length,
-                             max_prompt_length=max_prompt_length, stats=out.stats, truncation=truncation)
+    source = getattr(records, "source", "<records>")
+    lines = getattr(records, "lines", None) or [None] * len(records)
+    for record, line in zip(records, lines):
+        with at_record(source, line):
+            example = encode_sft(tokenizer, record["prompt"], record["completion"], max_length=max_length,
+                                 max_prompt_length=max_prompt_length, stats=out.stats, truncation=truncation)
         if example is not None:
             out.examples.append(example)
     return out

@@ -33,6 +33,7 @@ from typing import Callable, Literal
 import torch
 
 from rlhfkit.config import require
+from rlhfkit.data.layouts import LayoutOptions
 from rlhfkit.data.tokenize import TruncationStats
 from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preference_stats, kto_loss,
                             kto_reference_point, orpo_loss, simpo_loss)
@@ -76,6 +77,8 @@ class PreferenceConfig(TrainConfig):
     """seed of the data order, the held-out split and KTO's mismatched pairs"""
     ties: Literal["skip", "soft"] = "skip"
     """tied responses of a ranking: not trained on, or kept as label_prob = 0.5 pairs (soft-label DPO only)"""
+    hh_raw_text: bool = False
+    """Anthropic HH transcripts (Human: … Assistant: … turns) stay raw text, the prompt ending in "Assistant:"; by default they become chat messages when the tokenizer has a chat template"""
 
 
 @dataclass
@@ -296,11 +299,12 @@ def _split(records: list[dict], fraction: float, seed: int) -> tuple[list[dict],
 
 def _load(config: PreferenceConfig, objective: Objective, tokenizer):
     counts: dict[str, int] = {}
+    layout = LayoutOptions.for_tokenizer(tokenizer, hh_raw_text=config.hh_raw_text)
 
     def records(path: str) -> list[dict]:
         if objective.roles == ("completion",):
-            return D.load_unpaired_records(path)
-        pairs = D.load_pair_records(path, ties=config.ties)
+            return D.load_unpaired_records(path, layout=layout)
+        pairs = D.load_pair_records(path, ties=config.ties, layout=layout)
         if objective.soft_labels:
             return pairs
         pairs, ties = D.orient_pairs(pairs)
@@ -314,9 +318,10 @@ def _load(config: PreferenceConfig, objective: Objective, tokenizer):
         train, held = _split(train, config.eval_fraction, config.seed)
     stats = TruncationStats()
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length, stats=stats)
+    train_kw, held_kw = dict(kw, source=config.data), dict(kw, source=config.eval_data or config.data)
     if objective.roles == ("completion",):
-        splits = {"train": D.encode_unpaired(tokenizer, train, seed=config.seed, **kw),
-                  "eval": D.encode_unpaired(tokenizer, held, seed=config.seed + 1, **kw) if held else []}
+        splits = {"train": D.encode_unpaired(tokenizer, train, seed=config.seed, **train_kw),
+                  "eval": D.encode_unpaired(tokenizer, held, seed=config.seed + 1, **held_kw) if held else []}
         n_good = sum(1 for ex in splits["train"] if ex.label)
         n_bad = len(splits["train"]) - n_good
         ratio = (config.desirable_weight * n_good) / max(config.undesirable_weight * n_bad, 1e-9)
@@ -324,8 +329,8 @@ def _load(config: PreferenceConfig, objective: Objective, tokenizer):
             log.warning("KTO: λ_D·n_D / (λ_U·n_U) = %.2f lies outside [1, 4/3], the range Ethayarajh et al. "
                         "recommend; adjust desirable_weight / undesirable_weight", ratio)
     else:
-        splits = {"train": D.encode_pairs(tokenizer, train, **kw),
-                  "eval": D.encode_pairs(tokenizer, held, **kw) if held else []}
+        splits = {"train": D.encode_pairs(tokenizer, train, **train_kw),
+                  "eval": D.encode_pairs(tokenizer, held, **held_kw) if held else []}
     if not splits["train"]:
         raise ValueError(f"{config.data}: no training examples left (all pairs tied?)")
     counts.update({f"data/{k}": v for k, v in stats.as_dict().items()})

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rlhfkit.data.records import DataError, load_records, preference_pairs
+from rlhfkit.data.layouts import LayoutOptions
+from rlhfkit.data.records import DataError, at_record, load_records, preference_pairs
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.models.forward import sequence_logprobs
 from rlhfkit.models.loading import is_peft
@@ -59,26 +60,38 @@ class RoleLogps:
 # ---------------------------------------------------------------- records → examples
 
 
-def load_pair_records(path: str, *, ties: str = "skip") -> list[dict]:
-    """Pairwise view of a file of pairwise and/or ranking records (a ranking → its C(K,2) pairs)."""
-    return preference_pairs(load_records(path, "preference").records, ties=ties)
+LINE = "record_line"
+"""key under which a pair or unpaired example keeps the line of its source record (for errors)"""
 
 
-def load_unpaired_records(path: str) -> list[dict]:
+def load_pair_records(path: str, *, ties: str = "skip", layout: LayoutOptions | None = None) -> list[dict]:
+    """Pairwise view of a file of pairwise and/or ranking records (a ranking → its C(K,2) pairs),
+    in any layout :mod:`rlhfkit.data.layouts` reads. Each pair keeps its record's line."""
+    data = load_records(path, "preference", layout=layout)
+    return [{**pair, LINE: data.lines[pair["group"]]} for pair in preference_pairs(data.records, ties=ties)]
+
+
+def _unpaired(path: str, layout: LayoutOptions | None) -> list[dict]:
+    data = load_records(path, "unpaired", layout=layout)
+    return [{**record, LINE: line} for record, line in zip(data.records, data.lines)]
+
+
+def load_unpaired_records(path: str, *, layout: LayoutOptions | None = None) -> list[dict]:
     """KTO data: ``{prompt, completion, label}`` records, or pairwise / ranking records split into a
     desirable (chosen) and an undesirable (rejected) example each (ties are skipped)."""
     if "label" in _first_record(path):
-        return load_records(path, "unpaired").records
+        return _unpaired(path, layout)
     if not Path(path).is_file():  # an HF dataset: unpaired if it has the unpaired columns
         try:
-            return load_records(path, "unpaired").records
+            return _unpaired(path, layout)
         except DataError as err:
             if err.field not in ("label", "completion"):
                 raise
     out = []
-    for pair in orient_pairs(load_pair_records(path))[0]:
+    for pair in orient_pairs(load_pair_records(path, layout=layout))[0]:
         for role, label in (("chosen", True), ("rejected", False)):
-            out.append({"prompt": pair["prompt"], "completion": pair[role], "label": label, "group": pair["group"]})
+            out.append({"prompt": pair["prompt"], "completion": pair[role], "label": label, "group": pair["group"],
+                        LINE: pair[LINE]})
     return out
 
 
@@ -117,18 +130,23 @@ def _fit(tokenizer, prompt, prompt_ids, completion, *, max_length, max_prompt_le
 
 
 def encode_pairs(tokenizer, pairs: list[dict], *, max_length: int, max_prompt_length: int | None,
-                 stats: TruncationStats) -> list[Example]:
+                 stats: TruncationStats, source: str = "<pairs>") -> list[Example]:
+    """Encode pairs; one the chat template cannot render is a DataError naming ``source`` and its line."""
     out = []
     for pair in pairs:
-        prompt_ids = encode_prompt(tokenizer, pair["prompt"])
-        seqs = {role: _fit(tokenizer, pair["prompt"], prompt_ids, pair[role], max_length=max_length,
-                           max_prompt_length=max_prompt_length, stats=stats) for role in ("chosen", "rejected")}
+        with at_record(source, pair.get(LINE)):
+            prompt_ids = encode_prompt(tokenizer, pair["prompt"])
+        seqs = {}
+        for role in ("chosen", "rejected"):
+            with at_record(source, pair.get(LINE), completion=role):
+                seqs[role] = _fit(tokenizer, pair["prompt"], prompt_ids, pair[role], max_length=max_length,
+                                  max_prompt_length=max_prompt_length, stats=stats)
         out.append(Example(seqs, label_prob=pair.get("label_prob")))
     return out
 
 
 def encode_unpaired(tokenizer, records: list[dict], *, max_length: int, max_prompt_length: int | None,
-                    stats: TruncationStats, seed: int) -> list[Example]:
+                    stats: TruncationStats, seed: int, source: str = "<records>") -> list[Example]:
     """Each example also gets a FIXED mismatched sequence for KTO's reference point: its prompt with
     the completion of another record (a random cyclic derangement, deterministic in ``seed``), so
     the reference log-probs of those pairs can be cached like the others."""
@@ -137,11 +155,14 @@ def encode_unpaired(tokenizer, records: list[dict], *, max_length: int, max_prom
     partner = {order[k]: order[(k + 1) % n] for k in range(n)}
     out = []
     for i, record in enumerate(records):
-        prompt_ids = encode_prompt(tokenizer, record["prompt"])
-        other = records[partner[i]]["completion"]
         kw = dict(max_length=max_length, max_prompt_length=max_prompt_length, stats=stats)
-        seqs = {"completion": _fit(tokenizer, record["prompt"], prompt_ids, record["completion"], **kw),
-                "kl": _fit(tokenizer, record["prompt"], prompt_ids, other, **kw)}
+        with at_record(source, record.get(LINE)):
+            prompt_ids = encode_prompt(tokenizer, record["prompt"])
+            completion = _fit(tokenizer, record["prompt"], prompt_ids, record["completion"], **kw)
+        other = records[partner[i]]
+        with at_record(source, other.get(LINE)):  # another record's completion after this prompt
+            kl = _fit(tokenizer, record["prompt"], prompt_ids, other["completion"], **kw)
+        seqs = {"completion": completion, "kl": kl}
         out.append(Example(seqs, label=bool(record["label"])))
     return out
 

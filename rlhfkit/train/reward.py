@@ -19,7 +19,8 @@ import torch
 
 from rlhfkit.config import require
 from rlhfkit.data.rankings import expand_ranking
-from rlhfkit.data.records import DataError, load_records
+from rlhfkit.data.layouts import LayoutOptions
+from rlhfkit.data.records import DataError, at_record, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
@@ -51,6 +52,10 @@ class RewardConfig(TrainConfig):
     """members trained with different seeds and data orders; scoring returns their mean and std"""
     reference_data: str | None = None
     """records whose (prompt, completion) or (prompt, chosen) define reward 0 (InstructGPT normalisation); default: the chosen responses of ``data``"""
+    margin_from_scores: bool = False
+    """pairwise records train with margin = score_chosen - score_rejected (UltraFeedback's ratings; Llama 2's margin loss); every pairwise record then needs both columns and no ``margin``"""
+    hh_raw_text: bool = False
+    """Anthropic HH transcripts (Human: … Assistant: … turns) stay raw text, the prompt ending in "Assistant:"; by default they become chat messages when the tokenizer has a chat template"""
 
     def validate(self) -> None:
         super().validate()
@@ -74,7 +79,8 @@ def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) 
     stats = TruncationStats()
     groups = []
     for record, line in zip(records, lines):
-        prompt_ids = encode_prompt(tokenizer, record["prompt"])
+        with at_record(source, line):
+            prompt_ids = encode_prompt(tokenizer, record["prompt"])
         if "ranking" in record:
             responses = record["responses"]
             pairs = expand_ranking(record["ranking"], len(responses), ties=config.ties)
@@ -88,9 +94,12 @@ def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) 
         if not pairs:
             continue  # a ranking whose responses are all tied, with ties="skip": nothing to learn
         seqs = []
-        for response in responses:
-            fitted = fit_lengths(prompt_ids, encode_completion(tokenizer, record["prompt"], response),
-                                 max_length=config.max_length, max_prompt_length=config.max_prompt_length, stats=stats)
+        names = ["chosen", "rejected"] if "ranking" not in record else [f"responses[{i}]" for i in range(len(responses))]
+        for name, response in zip(names, responses):
+            with at_record(source, line, completion=name):
+                completion_ids = encode_completion(tokenizer, record["prompt"], response)
+            fitted = fit_lengths(prompt_ids, completion_ids, max_length=config.max_length,
+                                 max_prompt_length=config.max_prompt_length, stats=stats)
             seqs.append(fitted[0] + fitted[1])
         groups.append(Group(seqs, pairs, margin, record["prompt"], responses, record.get("annotator")))
     return groups, stats
@@ -152,9 +161,11 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train ``ensemble_size`` reward models; returns the final folder (a member or an ensemble)."""
     out_dir = common.start_run(config)
     tokenizer = load_tokenizer(config.model)
-    data = load_records(config.data, "preference")
+    layout = LayoutOptions.for_tokenizer(tokenizer, hh_raw_text=config.hh_raw_text,
+                                         margin_from_scores=config.margin_from_scores)
+    data = load_records(config.data, "preference", layout=layout)
     if config.eval_data:
-        held = load_records(config.eval_data, "preference")
+        held = load_records(config.eval_data, "preference", layout=layout)
         (train_records, train_lines), (eval_records, eval_lines) = (data.records, data.lines), (held.records, held.lines)
         eval_source = config.eval_data
     else:
@@ -166,7 +177,7 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     skipped = len(train_records) - len(train_groups)
     if skipped:
         print(f"{skipped} ranking records with all responses tied were skipped (ties=skip)")
-    reference = _reference_set(config, train_records)
+    reference = _reference_set(config, train_records, LayoutOptions(hh_messages=layout.hh_messages))
 
     member_dirs = []
     for k in range(config.ensemble_size):
@@ -198,9 +209,10 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     return final
 
 
-def _reference_set(config: RewardConfig, train_records) -> list[tuple]:
+def _reference_set(config: RewardConfig, train_records, layout: LayoutOptions) -> list[tuple]:
     if config.reference_data:
-        records = load_records(config.reference_data, "sft" if "completion" in _peek(config.reference_data) else "pairwise")
+        records = load_records(config.reference_data, "sft" if "completion" in _peek(config.reference_data) else "pairwise",
+                               layout=layout)
         return [(r["prompt"], r.get("completion", r.get("chosen"))) for r in records][:512]
     pairs = [(r["prompt"], r["chosen"]) for r in train_records if "chosen" in r]
     pairs += [(r["prompt"], r["responses"][_best(r["ranking"])]) for r in train_records if "ranking" in r]
