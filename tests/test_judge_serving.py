@@ -51,7 +51,8 @@ def server(judge_model):
 
 
 def test_http_judge_matches_the_local_judge_through_rlhfkit_serve(judge_model, server, tmp_path):
-    local = LocalLMJudge(judge_model, template=TEMPLATE).compare_batch(PROMPTS, A, B)
+    # the server runs fp32 weights (rlhfkit serve's default), so the local judge compares in fp32 too
+    local = LocalLMJudge(judge_model, template=TEMPLATE, precision="fp32").compare_batch(PROMPTS, A, B)
     cache = tmp_path / "cache.sqlite"
     http = HTTPJudge(server + "/v1", "tiny-judge", template=TEMPLATE, cache=cache, concurrency=3)
     remote = http.compare_batch(PROMPTS, A, B)
