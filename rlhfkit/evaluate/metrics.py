@@ -108,7 +108,8 @@ def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], z: float = 1.
     """How often A beats B on paired scores (the same prompts, in the same order); a tie counts half.
 
     The 95% CI is Wilson's on the tie-adjusted rate over n pairs. Outcomes with ties are not
-    Bernoulli, but their variance is at most p(1 − p), so the interval is conservative.
+    Bernoulli, but their variance is at most p(1 − p), so the interval is conservative. It assumes
+    the n pairs are independent; for several samples per prompt use :func:`win_rate_by_prompt`.
     Returns win_rate, ci_low, ci_high, n, wins, ties, losses.
     """
     if len(scores_a) != len(scores_b):
@@ -122,25 +123,60 @@ def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], z: float = 1.
             "losses": sum(o == 0.0 for o in outcomes)}
 
 
-def win_rate_multi(scores_a: Sequence[float], scores_b: Sequence[Sequence[float]],
-                   z: float = 1.96) -> dict[str, float]:
-    """Win rate of A against several baseline samples per prompt.
+def bootstrap_mean_ci(values: Sequence[float], *, n_resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (Efron & Tibshirani 1993, §13.3).
 
-    Prompt i scores mean_j outcome(scores_a[i], scores_b[i][j]) (win 1, tie 0.5, loss 0); the rate is
-    the mean over prompts, and the CI is Wilson's over n = number of prompts (conservative, as the
-    per-prompt values lie in [0, 1] with variance at most p(1 − p)).
+    Draws ``n_resamples`` samples of len(values) values with replacement (``random.Random(seed)``),
+    takes each one's mean, and returns the (1 − c)/2 and (1 + c)/2 quantiles of those means, with
+    linear interpolation between order statistics (quantile q sits at position q · (B − 1) of the B
+    sorted means, as numpy's default). The values must be the independent units: one per prompt,
+    not one per sample. (NaN, NaN) for no values; a point for constant values.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        return (NAN, NAN)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(n_resamples))
+
+    def quantile(q: float) -> float:
+        pos = q * (len(means) - 1)
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, len(means) - 1)
+        return means[lo] + (pos - lo) * (means[hi] - means[lo])
+
+    alpha = 1.0 - confidence
+    return (quantile(alpha / 2), quantile(1 - alpha / 2))
+
+
+def win_rate_by_prompt(scores_a: Sequence[Sequence[float]], scores_b: Sequence[Sequence[float]], *,
+                       n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Win rate of A's samples against B's samples of the same prompt, with the prompt as the unit.
+
+    ``scores_a[i]`` and ``scores_b[i]`` are the scores of A's and B's samples for prompt i. Prompt i
+    scores w_i = mean over every (a, b) of its samples of outcome(a, b) (win 1, tie 0.5, loss 0); the
+    rate is the mean of w_i over prompts, and the interval is :func:`bootstrap_mean_ci` over the w_i.
+    Samples of one prompt are correlated (same prompt, and each is compared with the same baseline
+    samples), so treating the prompts × samples outcomes as independent trials would make the interval
+    too narrow. Returns win_rate, ci_low, ci_high, n (prompts), comparisons.
     """
     if len(scores_a) != len(scores_b):
-        raise ValueError(f"{len(scores_a)} scores for A but {len(scores_b)} baseline lists")
-    per_prompt = []
-    for i, (a, bs) in enumerate(zip(scores_a, scores_b)):
-        if not bs:
-            raise ValueError(f"prompt {i} has no baseline score")
-        per_prompt.append(sum(_outcome(a, b) for b in bs) / len(bs))
+        raise ValueError(f"{len(scores_a)} prompts for A but {len(scores_b)} for B")
+    per_prompt, comparisons = [], 0
+    for i, (mine, theirs) in enumerate(zip(scores_a, scores_b)):
+        if not mine or not theirs:
+            raise ValueError(f"prompt {i} has no score for {'A' if not mine else 'B'}")
+        per_prompt.append(sum(_outcome(a, b) for a in mine for b in theirs) / (len(mine) * len(theirs)))
+        comparisons += len(mine) * len(theirs)
     n = len(per_prompt)
     rate = sum(per_prompt) / n if n else NAN
-    low, high = wilson_interval(rate, n, z) if n else (NAN, NAN)
-    return {"win_rate": rate, "ci_low": low, "ci_high": high, "n": n}
+    low, high = bootstrap_mean_ci(per_prompt, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return {"win_rate": rate, "ci_low": low, "ci_high": high, "n": n, "comparisons": comparisons}
 
 
 # ----------------------------------------------------------------------------- sycophancy

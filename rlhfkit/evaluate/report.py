@@ -26,6 +26,18 @@ def _fmt(value, ci=None) -> str:
     return text
 
 
+def _interval_caption(intervals: dict | None) -> str:
+    """How the win-rate intervals were computed, from summary.json's ``intervals``."""
+    if not intervals:
+        return "The intervals' method is not recorded in this summary."
+    if intervals.get("method") == "bootstrap":
+        unit = intervals["unit"]
+        return (f"Brackets: {intervals['confidence']:.0%} percentile bootstrap interval with the {unit} as the unit "
+                f"(a {unit}'s win is the mean over its sample pairs; {intervals['n_resamples']:,} resamples "
+                f"of the {unit}s).")
+    return f"Brackets: {intervals['confidence']:.0%} {intervals.get('method')} interval over {intervals.get('unit')}s."
+
+
 def methods_table(methods: dict[str, dict]) -> str:
     methods = {k: v for k, v in methods.items() if isinstance(v, dict) and "gold_reward" in v}
     used = [(k, title) for k, title in COLUMNS if any(k in m for m in methods.values())]
@@ -43,7 +55,8 @@ def write_report(out: Path, summary: dict, samples: dict, task, extra_sections: 
         "",
         f"Built-in task `{summary['task']}`, seed {summary['seed']}{' (quick run)' if summary.get('quick') else ''}. "
         "Every policy is sampled on the same held-out prompts and scored by the task's gold reward; "
-        "win rates compare sample against sample by gold (ties count half), with a 95% interval.",
+        "win rates compare each sample with the baseline's samples of the same prompt by gold (ties count half). "
+        + _interval_caption(summary.get("intervals")),
         "",
         methods_table(summary["methods"]),
         "",
