@@ -9,7 +9,8 @@ Stages (each cached: a stage whose ``final/`` folder or output file exists is no
 5. the simulated annotator panel labels pairs and K-way rankings of SFT samples (``data/prefs_*.jsonl``)
 6. a reward model on those preferences (``reward/``), checked against gold and the panel's own ceiling
 7. every further method (DPO family, PPO / GRPO / RLOO, ...) from ``rlhfkit.demo_steps``
-8. ``summary.json`` (one entry per method, stable keys) and ``report.md``
+8. ``summary.json`` (one entry per method, stable keys; ``intervals`` says how win-rate intervals
+   are computed) and ``report.md``
 """
 
 from __future__ import annotations
@@ -307,8 +308,10 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     timings["evaluate"] = time.time() - t
     timings["total"] = time.time() - t0
 
+    from rlhfkit.evaluate.policy import INTERVALS
+
     summary = {"task": "facts", "seed": config.seed, "quick": config.quick, "precision": config.precision,
-               "methods": methods,
+               "methods": methods, "intervals": dict(INTERVALS),
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     if reward_entry is not None:
         summary["methods"]["reward_model"] = reward_entry

@@ -22,13 +22,20 @@ def test_quick_demo_writes_summary_and_report(quick_demo):
     methods = summary["methods"]
     assert POLICY_KEYS <= set(methods["pretrained"])
     assert POLICY_KEYS | {"win_rate_vs_pretrained"} <= set(methods["sft"])
-    assert {"accuracy_vs_gold", "panel_accuracy_vs_gold", "ece", "length_correlation"} <= set(methods["reward_model"])
+    assert {"accuracy_vs_gold", "panel_accuracy_vs_gold", "ece", "ece_calibrated", "temperature",
+            "length_correlation"} <= set(methods["reward_model"])
+    assert methods["reward_model"]["temperature"] > 0
+    assert summary["intervals"] == {"unit": "prompt", "method": "bootstrap", "n_resamples": 2000,
+                                    "confidence": 0.95, "seed": 0}
     for name, entry in methods.items():
         if name in ("pretrained", "sft", "reward_model"):
             continue
         assert POLICY_KEYS | {"win_rate_vs_sft", "kl_to_sft"} <= set(entry), name
     report = (quick_demo / "report.md").read_text()
     assert "| sft |" in report and "## Reward model" in report
+    assert "bootstrap interval with the prompt as the unit" in report and "temperature scaling" in report
+    low, high = methods["sft"]["win_rate_vs_pretrained_ci"]
+    assert low <= methods["sft"]["win_rate_vs_pretrained"] <= high
     # each stage left a standard HF folder
     for stage in ("pretrain", "sft", "reward"):
         assert (quick_demo / stage / "final" / "config.json").exists()

@@ -416,6 +416,14 @@ def test_reward_model_judge_by_hand():
     assert scorer.calls == 1  # every a and b in one scoring call
 
 
+def test_reward_model_judge_applies_the_scorers_temperature_by_hand():
+    scorer = StubScorer({"good": 1.0, "bad": 0.0})
+    scorer.temperature = 2.0  # as load_scorer sets it from the reward model folder
+    (v,) = RewardModelJudge(scorer).compare_batch(["p"], ["good"], ["bad"])
+    # σ((1.0 − 0.0) / 2) = σ(0.5) = 0.622459
+    assert v.prob_a == pytest.approx(0.6224593, abs=1e-7)
+
+
 def test_python_judge(monkeypatch):
     calls = []
 

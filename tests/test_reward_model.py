@@ -1,6 +1,7 @@
 """Reward model: end to end on the tiny model, normalisation, ensembles, the scoring API."""
 
 import json
+import math
 import random
 
 import pytest
@@ -51,7 +52,9 @@ def test_reward_model_learns_and_is_normalised(tiny_model_dir, tmp_path):
     report = json.loads((tmp_path / "rm" / "eval.json").read_text())
     assert report["accuracy"] >= 0.9, report
     assert set(report["accuracy_per_annotator"]) == {"ann-a", "ann-b"}
-    assert 0.0 <= report["ece"] <= 1.0
+    assert 0.0 <= report["ece"] <= 1.0 and 0.0 <= report["ece_calibrated"] <= 1.0
+    # the temperature fitted on the held-out pairs is stored with the model
+    assert load_scorer(final).temperature == pytest.approx(report["temperature"]) and report["temperature"] > 0
 
     # plain transformers loads it; the stored bias puts the reference set (chosen answers) at mean 0
     from transformers import AutoModelForSequenceClassification
@@ -104,3 +107,99 @@ def test_bad_preference_input_names_the_line(tiny_model_dir, tmp_path):
     data = write(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError, match=r"bad.jsonl:3: field 'margin'"):
         run_reward(config(tiny_model_dir, data, tmp_path / "bad", eval_fraction=0.0))
+
+
+class TableScorer:
+    """score() from a table of response -> reward: evaluate_reward tested apart from a model."""
+
+    def __init__(self, rewards):
+        self.rewards = rewards
+
+    def score(self, prompts, responses):
+        return torch.tensor([self.rewards[r] for r in responses], dtype=torch.float64)
+
+
+def calibrated_groups(n, *, temperature=1.0, sd=0.7, seed=0):
+    """Pairs (a_i, b_i) with rewards ~ N(0, sd), so r_a - r_b ~ N(0, 2 sd²); annotators prefer a with
+    P = σ((r_a - r_b) / T), and the record stores the preferred one first with label 1, as encode_groups does."""
+    from rlhfkit.evaluate.metrics import sigmoid
+    from rlhfkit.train.reward import Group
+
+    rng = random.Random(seed)
+    rewards, groups = {}, []
+    for i in range(n):
+        a, b = f"a{i}", f"b{i}"
+        rewards[a], rewards[b] = rng.gauss(0.0, sd), rng.gauss(0.0, sd)
+        chosen, rejected = (a, b) if rng.random() < sigmoid((rewards[a] - rewards[b]) / temperature) else (b, a)
+        groups.append(Group(seqs=[[], []], pairs=[(0, 1, 1.0)], margin=None, prompt="p", responses=[chosen, rejected]))
+    return TableScorer(rewards), groups
+
+
+def test_evaluate_reward_ece_of_a_calibrated_model_is_near_zero():
+    # Regression (issue 11): chosen-first pairs made every label 1, so "ece" was 1 - mean σ(r_c - r_r),
+    # 0.41 here for a perfectly calibrated model. Counted in both orders it is ~0, and T fits ~1.
+    from rlhfkit.train.reward import evaluate_reward
+
+    scorer, groups = calibrated_groups(10000, seed=0)
+    report = evaluate_reward(scorer, groups)
+    assert report["pairs"] == 10000
+    assert report["ece"] < 0.02 and report["ece_calibrated"] < 0.02
+    assert report["temperature"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_evaluate_reward_fits_the_temperature_of_an_overconfident_model():
+    # annotators prefer with σ(Δr / 2): σ(Δr) is overconfident; T ≈ 2 and scaling removes most of the ECE
+    from rlhfkit.train.reward import evaluate_reward
+
+    scorer, groups = calibrated_groups(6000, temperature=2.0, sd=1.5, seed=1)
+    report = evaluate_reward(scorer, groups)
+    assert report["temperature"] == pytest.approx(2.0, abs=0.3)
+    assert report["ece"] > 0.08 and report["ece_calibrated"] < 0.03
+
+
+def test_evaluate_reward_uses_soft_labels_by_hand():
+    from rlhfkit.train.reward import Group, evaluate_reward
+
+    # one pair, margin ln 3 -> σ = 0.75, label_prob 2/3 (two of three voters): counted both ways,
+    # (0.75, 2/3) and (0.25, 1/3) each off by 0.75 - 2/3 = 1/12 -> ECE 0.083333
+    scorer = TableScorer({"x": math.log(3.0), "y": 0.0, "t1": 0.0, "t2": 1.0})
+    groups = [Group([[], []], [(0, 1, 2 / 3)], None, "p", ["x", "y"], annotator=["ann-a", "ann-b", "ann-c"]),
+              Group([[], []], [(0, 1, 0.5)], None, "p", ["t1", "t2"])]  # a tie: neither scored nor calibrated
+    report = evaluate_reward(scorer, groups)
+    assert report["pairs"] == 1 and report["accuracy"] == 1.0
+    assert report["ece"] == pytest.approx(1 / 12)
+    # T fitted on that one pair: σ(ln 3 / T) = 2/3 -> ln 3 / T = ln 2 -> T = ln 3 / ln 2 = 1.584963
+    assert report["temperature"] == pytest.approx(math.log(3.0) / math.log(2.0), rel=1e-4)
+    # cross-fitted: the pair (group 0, fold 0) gets the T of fold 1, which has no decisive pair: T = 1
+    assert report["ece_calibrated"] == pytest.approx(1 / 12)
+
+
+def test_temperature_is_stored_and_changes_only_calibrated_probabilities(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import shutil
+
+    from rlhfkit.models.reward import TEMPERATURE_KEY, read_temperature, write_temperature
+
+    folder = tmp_path / "rm"  # a reward model folder: its score head is saved, so every load scores alike
+    load_reward_model(tiny_model_dir).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    assert read_temperature(folder) == 1.0  # no key: T = 1
+    before = load_scorer(folder)
+    write_temperature(folder, 2.5)
+    assert json.loads((folder / "config.json").read_text())[TEMPERATURE_KEY] == 2.5
+    scorer = load_scorer(folder)
+    assert scorer.temperature == 2.5 and before.temperature == 1.0
+    prompts = ["User: hi\nAssistant:"] * 2
+    a, b = [" the dax is red.", " no"], [" no", " the dax is red."]
+    raw_a, raw_b = scorer.score(prompts, a), scorer.score(prompts, b)
+    assert torch.allclose(raw_a, before.score(prompts, a))  # raw rewards (what PPO optimises) are unchanged
+    assert torch.allclose(scorer.prefer_prob(prompts, a, b), torch.sigmoid((raw_a - raw_b) / 2.5), atol=1e-6)
+    assert torch.allclose(before.prefer_prob(prompts, a, b), torch.sigmoid(raw_a - raw_b), atol=1e-6)
+    # an ensemble keeps its temperature in ensemble.json: it calibrates the members' mean
+    ensemble = tmp_path / "ens"
+    ensemble.mkdir()
+    shutil.copytree(folder, ensemble / "member-0")
+    (ensemble / "ensemble.json").write_text(json.dumps({"members": ["member-0"]}))
+    write_temperature(ensemble, 0.5)
+    assert read_temperature(ensemble) == 0.5 and load_scorer(ensemble).temperature == 0.5
+    with pytest.raises(ValueError):
+        write_temperature(folder, 0.0)

@@ -97,7 +97,12 @@ def label_preferences(ctx: DemoContext) -> None:
 
 
 def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: bool = False) -> dict:
-    """Train on prefs_all.jsonl; return the summary entry (accuracy vs gold next to the panel's)."""
+    """Train on prefs_all.jsonl; return the summary entry (accuracy vs gold next to the panel's).
+
+    Calibration is measured against the panel's soft labels (``label_prob``, its vote share) of the
+    held-out pairs: ``ece`` of σ(r_c − r_r), ``ece_calibrated`` after temperature scaling (T
+    cross-fitted on two halves of the held-out pairs), and ``temperature``, fitted on all of them and
+    stored with the model (see :func:`rlhfkit.train.reward.evaluate_reward`)."""
     from rlhfkit.data.records import load_records
     from rlhfkit.models.reward import load_scorer
     from rlhfkit.train.reward import RewardConfig, run_reward
@@ -125,6 +130,8 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
         "panel_accuracy_vs_gold": sum(panel_vs_gold) / max(len(held), 1),
         "accuracy_vs_panel": report.get("accuracy"),
         "ece": report.get("ece"),
+        "ece_calibrated": report.get("ece_calibrated"),
+        "temperature": report.get("temperature"),
         "length_correlation": report.get("length_correlation"),
         "accuracy_per_annotator": report.get("accuracy_per_annotator"),
         "heldout_pairs": len(held),

@@ -108,7 +108,8 @@ def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], z: float = 1.
     """How often A beats B on paired scores (the same prompts, in the same order); a tie counts half.
 
     The 95% CI is Wilson's on the tie-adjusted rate over n pairs. Outcomes with ties are not
-    Bernoulli, but their variance is at most p(1 − p), so the interval is conservative.
+    Bernoulli, but their variance is at most p(1 − p), so the interval is conservative. It assumes
+    the n pairs are independent; for several samples per prompt use :func:`win_rate_by_prompt`.
     Returns win_rate, ci_low, ci_high, n, wins, ties, losses.
     """
     if len(scores_a) != len(scores_b):
@@ -122,25 +123,60 @@ def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], z: float = 1.
             "losses": sum(o == 0.0 for o in outcomes)}
 
 
-def win_rate_multi(scores_a: Sequence[float], scores_b: Sequence[Sequence[float]],
-                   z: float = 1.96) -> dict[str, float]:
-    """Win rate of A against several baseline samples per prompt.
+def bootstrap_mean_ci(values: Sequence[float], *, n_resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (Efron & Tibshirani 1993, §13.3).
 
-    Prompt i scores mean_j outcome(scores_a[i], scores_b[i][j]) (win 1, tie 0.5, loss 0); the rate is
-    the mean over prompts, and the CI is Wilson's over n = number of prompts (conservative, as the
-    per-prompt values lie in [0, 1] with variance at most p(1 − p)).
+    Draws ``n_resamples`` samples of len(values) values with replacement (``random.Random(seed)``),
+    takes each one's mean, and returns the (1 − c)/2 and (1 + c)/2 quantiles of those means, with
+    linear interpolation between order statistics (quantile q sits at position q · (B − 1) of the B
+    sorted means, as numpy's default). The values must be the independent units: one per prompt,
+    not one per sample. (NaN, NaN) for no values; a point for constant values.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        return (NAN, NAN)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(n_resamples))
+
+    def quantile(q: float) -> float:
+        pos = q * (len(means) - 1)
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, len(means) - 1)
+        return means[lo] + (pos - lo) * (means[hi] - means[lo])
+
+    alpha = 1.0 - confidence
+    return (quantile(alpha / 2), quantile(1 - alpha / 2))
+
+
+def win_rate_by_prompt(scores_a: Sequence[Sequence[float]], scores_b: Sequence[Sequence[float]], *,
+                       n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Win rate of A's samples against B's samples of the same prompt, with the prompt as the unit.
+
+    ``scores_a[i]`` and ``scores_b[i]`` are the scores of A's and B's samples for prompt i. Prompt i
+    scores w_i = mean over every (a, b) of its samples of outcome(a, b) (win 1, tie 0.5, loss 0); the
+    rate is the mean of w_i over prompts, and the interval is :func:`bootstrap_mean_ci` over the w_i.
+    Samples of one prompt are correlated (same prompt, and each is compared with the same baseline
+    samples), so treating the prompts × samples outcomes as independent trials would make the interval
+    too narrow. Returns win_rate, ci_low, ci_high, n (prompts), comparisons.
     """
     if len(scores_a) != len(scores_b):
-        raise ValueError(f"{len(scores_a)} scores for A but {len(scores_b)} baseline lists")
-    per_prompt = []
-    for i, (a, bs) in enumerate(zip(scores_a, scores_b)):
-        if not bs:
-            raise ValueError(f"prompt {i} has no baseline score")
-        per_prompt.append(sum(_outcome(a, b) for b in bs) / len(bs))
+        raise ValueError(f"{len(scores_a)} prompts for A but {len(scores_b)} for B")
+    per_prompt, comparisons = [], 0
+    for i, (mine, theirs) in enumerate(zip(scores_a, scores_b)):
+        if not mine or not theirs:
+            raise ValueError(f"prompt {i} has no score for {'A' if not mine else 'B'}")
+        per_prompt.append(sum(_outcome(a, b) for a in mine for b in theirs) / (len(mine) * len(theirs)))
+        comparisons += len(mine) * len(theirs)
     n = len(per_prompt)
     rate = sum(per_prompt) / n if n else NAN
-    low, high = wilson_interval(rate, n, z) if n else (NAN, NAN)
-    return {"win_rate": rate, "ci_low": low, "ci_high": high, "n": n}
+    low, high = bootstrap_mean_ci(per_prompt, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return {"win_rate": rate, "ci_low": low, "ci_high": high, "n": n, "comparisons": comparisons}
 
 
 # ----------------------------------------------------------------------------- sycophancy
@@ -179,12 +215,13 @@ def sycophancy_rates(task: Any, prompts: Sequence[str | dict], responses: Sequen
 
 
 # ----------------------------------------------------------------------------- calibration, agreement
-def expected_calibration_error(probs: Sequence[float], labels: Sequence[int | bool], n_bins: int = 10) -> float:
+def expected_calibration_error(probs: Sequence[float], labels: Sequence[float], n_bins: int = 10) -> float:
     """ECE of probabilities that the label is 1 (Naeini et al. 2015; Guo et al. 2017).
 
     Bins are equal-width on [0, 1] (p = 1.0 falls in the last bin); ECE = Σ_b (|B_b| / N) ·
-    |mean label in B_b − mean prob in B_b|. For a reward model: probs = σ(r_chosen − r_rejected),
-    labels = 1 where the annotator chose "chosen". NaN for no data.
+    |mean label in B_b − mean prob in B_b|. A label may be soft (in [0, 1]: the probability that the
+    outcome is 1). For a preference pair use :func:`pairwise_ece`: pairs are stored chosen-first, so
+    here every label would be 1 and a well-calibrated model would score far from 0. NaN for no data.
     """
     if len(probs) != len(labels):
         raise ValueError(f"{len(probs)} probabilities but {len(labels)} labels")
@@ -196,6 +233,8 @@ def expected_calibration_error(probs: Sequence[float], labels: Sequence[int | bo
     for p, y in zip(probs, labels):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"probability out of [0, 1]: {p}")
+        if not 0.0 <= float(y) <= 1.0:
+            raise ValueError(f"label out of [0, 1]: {y}")
         bins[min(int(p * n_bins), n_bins - 1)].append((p, float(y)))
     total = len(probs)
     ece = 0.0
@@ -205,6 +244,91 @@ def expected_calibration_error(probs: Sequence[float], labels: Sequence[int | bo
             acc = sum(y for _, y in b) / len(b)
             ece += len(b) / total * abs(acc - conf)
     return ece
+
+
+def sigmoid(x: float) -> float:
+    """σ(x) = 1 / (1 + e^−x), without overflow for large |x|."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def pairwise_ece(probs: Sequence[float], labels: Sequence[float], n_bins: int = 10) -> float:
+    """ECE of pairwise preference probabilities, each pair counted in both orders.
+
+    ``probs[i]`` = the model's P(first ≻ second) for pair i, e.g. σ(r_chosen − r_rejected);
+    ``labels[i]`` = 1 if the first was preferred, 0 if the second was, or a soft label in [0, 1]
+    (``label_prob``: e.g. the share of annotators who preferred the first). Which response is "first"
+    is an accident of storage (chosen-first), so the pair is also counted as (1 − p, 1 − y) and the
+    ECE of :func:`expected_calibration_error` is taken over the 2N entries. With an even number of
+    equal-width bins (the default 10), whose edges are symmetric about 0.5, this equals (but for a p
+    falling exactly on an edge) binning the confidence max(p, 1 − p) against how often the response
+    it favours was preferred: the ECE of Guo et al. 2017 (§2), which bins the predicted class's
+    probability against accuracy. Without the symmetrisation every hard label of a chosen-first set
+    is 1 and ECE collapses to 1 − mean p, far from 0 for a perfectly calibrated model. NaN for no data.
+    """
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} probabilities but {len(labels)} labels")
+    both_probs = [float(p) for p in probs] + [1.0 - float(p) for p in probs]
+    both_labels = [float(y) for y in labels] + [1.0 - float(y) for y in labels]
+    return expected_calibration_error(both_probs, both_labels, n_bins)
+
+
+def _log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def pairwise_nll(margins: Sequence[float], labels: Sequence[float], temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of (soft) pairwise labels under P(first ≻ second) = σ(margin / T):
+    −mean[y · log σ(m / T) + (1 − y) · log σ(−m / T)]. NaN for no data."""
+    if len(margins) != len(labels):
+        raise ValueError(f"{len(margins)} margins but {len(labels)} labels")
+    if not margins:
+        return NAN
+    total = 0.0
+    for m, y in zip(margins, labels):
+        z = float(m) / temperature
+        total -= float(y) * _log_sigmoid(z) + (1.0 - float(y)) * _log_sigmoid(-z)
+    return total / len(margins)
+
+
+def fit_temperature(margins: Sequence[float], labels: Sequence[float], *, bounds: tuple[float, float] = (0.05, 20.0),
+                    tol: float = 1e-6) -> float:
+    """Temperature scaling of a pairwise margin (Guo et al. 2017, §4.2; for two classes it is Platt
+    scaling without a bias): the T > 0 that minimises :func:`pairwise_nll` of σ(margin / T) on
+    held-out pairs.
+
+    ``margins[i]`` = r_first − r_second, ``labels[i]`` as in :func:`pairwise_ece` (soft labels allowed).
+    The NLL is convex in 1/T (a logistic loss of the single weight 1/T), hence unimodal in log T, so
+    a golden-section search on log T over ``bounds`` finds the minimum to a relative precision of
+    ``tol``. It stops at a bound when the optimum lies outside (e.g. T → 0 when the labels are
+    perfectly separated by the margins). Returns 1.0 when there is no data or every margin is 0 (T
+    does not change σ(0)). The ranking of responses, and so accuracy, does not depend on T.
+    """
+    if len(margins) != len(labels):
+        raise ValueError(f"{len(margins)} margins but {len(labels)} labels")
+    low, high = bounds
+    if not 0.0 < low < high:
+        raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}")
+    if not margins or all(float(m) == 0.0 for m in margins):
+        return 1.0
+    margins, labels = [float(m) for m in margins], [float(y) for y in labels]
+
+    def loss(log_t: float) -> float:
+        return pairwise_nll(margins, labels, math.exp(log_t))
+
+    golden = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
+    a, b = math.log(low), math.log(high)
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = loss(c), loss(d)
+    while b - a > tol:
+        if fc <= fd:  # the minimum lies in [a, d]
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = loss(c)
+        else:  # the minimum lies in [c, b]
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = loss(d)
+    return math.exp((a + b) / 2.0)
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:

@@ -1,7 +1,12 @@
 """Score a policy on the built-in task: sample, score with gold, compare with a baseline, KL to SFT.
 
-Every method's entry in ``summary.json`` comes from :func:`evaluate_policy`, so all are measured on
+Every method's entry in ``summary.json`` comes from :func:`summarize`, so all are measured on
 the same prompts, the same number of samples and the same axes.
+
+Win-rate intervals take the prompt as the unit (:data:`INTERVALS`, written into ``summary.json``):
+a prompt's win is the mean outcome of its samples against the baseline's samples of that prompt,
+and the interval is a seeded percentile bootstrap of the mean over prompts. Samples of one prompt
+are correlated, so an interval over prompts × samples as independent trials would be too narrow.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from rlhfkit.data.tokenize import encode_prompt, pad_batch
 from rlhfkit.evaluate import metrics as M
 from rlhfkit.models.forward import sequence_logprobs
 from rlhfkit.rollout.sample import generate_texts
+
+
+INTERVALS = {"unit": "prompt", "method": "bootstrap", "n_resamples": 2000, "confidence": 0.95, "seed": 0}
+"""How every win-rate interval is computed (percentile bootstrap over prompts); recorded in summary.json."""
 
 
 @dataclass
@@ -79,10 +88,11 @@ def summarize(task, samples: PolicySamples, *, baseline: PolicySamples | None = 
         "contrarian_rate": rates["contrarian_rate"],
     }
     if baseline is not None:
-        # Each policy sample is compared with every baseline sample of the same prompt.
-        mine = [g for gs in samples.gold for g in gs]
-        theirs = [base for gs, base in zip(samples.gold, baseline.gold) for _ in gs]
-        win = M.win_rate_multi(mine, theirs)
+        # Each policy sample is compared with every baseline sample of the same prompt; the prompt is the unit.
+        if baseline.prompts != samples.prompts:
+            raise ValueError("the baseline was sampled on other prompts than the policy")
+        win = M.win_rate_by_prompt(samples.gold, baseline.gold, n_resamples=INTERVALS["n_resamples"],
+                                   confidence=INTERVALS["confidence"], seed=INTERVALS["seed"])
         entry[f"win_rate_vs_{baseline_name}"] = win["win_rate"]
         entry[f"win_rate_vs_{baseline_name}_ci"] = [win["ci_low"], win["ci_high"]]
     return entry

@@ -26,6 +26,18 @@ def _fmt(value, ci=None) -> str:
     return text
 
 
+def _interval_caption(intervals: dict | None) -> str:
+    """How the win-rate intervals were computed, from summary.json's ``intervals``."""
+    if not intervals:
+        return "The intervals' method is not recorded in this summary."
+    if intervals.get("method") == "bootstrap":
+        unit = intervals["unit"]
+        return (f"Brackets: {intervals['confidence']:.0%} percentile bootstrap interval with the {unit} as the unit "
+                f"(a {unit}'s win is the mean over its sample pairs; {intervals['n_resamples']:,} resamples "
+                f"of the {unit}s).")
+    return f"Brackets: {intervals['confidence']:.0%} {intervals.get('method')} interval over {intervals.get('unit')}s."
+
+
 def methods_table(methods: dict[str, dict]) -> str:
     methods = {k: v for k, v in methods.items() if isinstance(v, dict) and "gold_reward" in v}
     used = [(k, title) for k, title in COLUMNS if any(k in m for m in methods.values())]
@@ -43,7 +55,8 @@ def write_report(out: Path, summary: dict, samples: dict, task, extra_sections: 
         "",
         f"Built-in task `{summary['task']}`, seed {summary['seed']}{' (quick run)' if summary.get('quick') else ''}. "
         "Every policy is sampled on the same held-out prompts and scored by the task's gold reward; "
-        "win rates compare sample against sample by gold (ties count half), with a 95% interval.",
+        "win rates compare each sample with the baseline's samples of the same prompt by gold (ties count half). "
+        + _interval_caption(summary.get("intervals")),
         "",
         methods_table(summary["methods"]),
         "",
@@ -54,12 +67,17 @@ def write_report(out: Path, summary: dict, samples: dict, task, extra_sections: 
             "## Reward model",
             "",
             f"Held-out pairs of SFT samples ({rm.get('heldout_pairs')}), judged by gold and by the panel "
-            "(majority of three annotators):",
+            "(majority of three annotators). ECE compares P(chosen) = σ(r_c − r_r) with the panel's vote share, "
+            "each pair counted in both orders; after temperature scaling, P = σ((r_c − r_r) / T) with T "
+            "fitted on the other half of the held-out pairs (the stored T is fitted on all of them and only "
+            "changes calibrated probabilities, not rewards):",
             "",
-            "| accuracy vs gold | panel's accuracy vs gold (ceiling) | accuracy vs panel | ECE | reward-length correlation |",
-            "|---|---|---|---|---|",
+            "| accuracy vs gold | panel's accuracy vs gold (ceiling) | accuracy vs panel | ECE | "
+            "ECE after temperature scaling | T | reward-length correlation |",
+            "|---|---|---|---|---|---|---|",
             f"| {_fmt(rm.get('accuracy_vs_gold'))} | {_fmt(rm.get('panel_accuracy_vs_gold'))} | "
-            f"{_fmt(rm.get('accuracy_vs_panel'))} | {_fmt(rm.get('ece'))} | {_fmt(rm.get('length_correlation'))} |",
+            f"{_fmt(rm.get('accuracy_vs_panel'))} | {_fmt(rm.get('ece'))} | {_fmt(rm.get('ece_calibrated'))} | "
+            f"{_fmt(rm.get('temperature'))} | {_fmt(rm.get('length_correlation'))} |",
             "",
         ]
         per = rm.get("accuracy_per_annotator") or {}

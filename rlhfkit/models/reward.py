@@ -10,6 +10,13 @@ labeler demonstrations achieve a mean score of 0"): after training, ``rlhfkit_re
 −mean reward on a reference set is written into the model's ``config.json``; every consumer that
 scores through this module sees the same scale. (A plain ``AutoModelForSequenceClassification``
 user adds ``config.rlhfkit_reward_bias`` to the logit.)
+
+Calibration (temperature scaling, Guo et al. 2017): ``rlhfkit_reward_temperature`` = T, fitted on
+held-out pairs after training (:func:`rlhfkit.evaluate.metrics.fit_temperature`), sits next to the
+bias in ``config.json`` (in ``ensemble.json`` for an ensemble, as T belongs to the members' mean).
+It changes only :meth:`RewardScorer.prefer_prob`, P(a ≻ b) = σ((r_a − r_b) / T), which the reward-model
+judge uses; :meth:`RewardScorer.score` stays the raw (bias-normalised) reward that PPO, GRPO and RLOO
+optimise, so a stored T never changes a policy's training signal. A folder without the key has T = 1.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_pro
 from rlhfkit.ops import last_token_index
 
 BIAS_KEY = "rlhfkit_reward_bias"
+TEMPERATURE_KEY = "rlhfkit_reward_temperature"
 
 
 def load_reward_model(path: str | Path, *, lora=None):
@@ -81,13 +89,17 @@ def encode_pair_texts(tokenizer, prompt, response, *, max_length: int, max_promp
 
 
 class RewardScorer:
-    """Batched, no-grad scoring: ``score(prompts, responses) -> (N,)``; ``score_with_std`` for ensembles."""
+    """Batched, no-grad scoring: ``score(prompts, responses) -> (N,)``; ``score_with_std`` for ensembles;
+    ``prefer_prob(prompts, a, b) -> (N,)`` calibrated P(a ≻ b) with the stored ``temperature``."""
 
     def __init__(self, models: list, tokenizer, *, max_length: int = 512, max_prompt_length: int | None = None,
-                 batch_size: int = 64, biases: list[float] | None = None):
+                 batch_size: int = 64, biases: list[float] | None = None, temperature: float = 1.0):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.models, self.tokenizer = models, tokenizer
         self.max_length, self.max_prompt_length, self.batch_size = max_length, max_prompt_length, batch_size
         self.biases = biases or [float(getattr(m.config, BIAS_KEY, 0.0) or 0.0) for m in models]
+        self.temperature = float(temperature)
 
     @property
     def ensemble_size(self) -> int:
@@ -115,8 +127,16 @@ class RewardScorer:
         return out
 
     def score(self, prompts: list, responses: list) -> torch.Tensor:
-        """(N,) reward (the ensemble mean when there are several members)."""
+        """(N,) raw reward (the ensemble mean when there are several members); the temperature is not applied."""
         return self.member_scores(prompts, responses).mean(0)
+
+    def prefer_prob(self, prompts: list, responses_a: list, responses_b: list) -> torch.Tensor:
+        """(N,) calibrated P(a ≻ b) = σ((r_a − r_b) / T), every a and b scored in one call."""
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise ValueError(f"{len(prompts)} prompts, {len(responses_a)} responses a, {len(responses_b)} responses b")
+        n = len(prompts)
+        rewards = self.score(list(prompts) * 2, list(responses_a) + list(responses_b))
+        return torch.sigmoid((rewards[:n] - rewards[n:]) / self.temperature)
 
     def score_with_std(self, prompts: list, responses: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) mean and (N,) standard deviation over the ensemble members (0 for one member)."""
@@ -146,8 +166,29 @@ def member_dirs(path: str | Path) -> list[Path]:
     return [path]
 
 
+def _calibration_file(path: Path) -> Path:
+    """The file that holds a folder's temperature: ensemble.json for an ensemble, else config.json."""
+    return path / "ensemble.json" if (path / "ensemble.json").exists() else path / "config.json"
+
+
+def read_temperature(path: str | Path) -> float:
+    """The stored temperature T of a reward model (or ensemble) folder; 1.0 when none is stored."""
+    return float(json.loads(_calibration_file(Path(path)).read_text()).get(TEMPERATURE_KEY, 1.0))
+
+
+def write_temperature(path: str | Path, temperature: float) -> None:
+    """Store T in a reward model folder's config.json (an ensemble folder's ensemble.json)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    target = _calibration_file(Path(path))
+    content = json.loads(target.read_text())
+    content[TEMPERATURE_KEY] = float(temperature)
+    target.write_text(json.dumps(content, indent=2))
+
+
 def load_scorer(path: str | Path, *, max_length: int | None = None, batch_size: int = 64) -> RewardScorer:
-    """Scorer for a reward model folder or an ensemble folder (``ensemble.json`` + members)."""
+    """Scorer for a reward model folder or an ensemble folder (``ensemble.json`` + members), with
+    its stored biases and temperature."""
     from rlhfkit.models.loading import load_tokenizer
 
     dirs = member_dirs(path)
@@ -158,4 +199,5 @@ def load_scorer(path: str | Path, *, max_length: int | None = None, batch_size: 
     if settings_file.exists():
         settings = json.loads(settings_file.read_text())
     return RewardScorer(models, tokenizer, max_length=max_length or settings.get("max_length", 512),
-                        max_prompt_length=settings.get("max_prompt_length"), batch_size=batch_size)
+                        max_prompt_length=settings.get("max_prompt_length"), batch_size=batch_size,
+                        temperature=read_temperature(path))

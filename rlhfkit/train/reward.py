@@ -3,14 +3,14 @@
 Each batch element is one preference record: a pair (2 responses, 1 comparison) or a K-way ranking
 (K responses, C(K,2) comparisons, averaged per prompt, InstructGPT §3.5). All responses of a batch
 go through the model in one forward pass. After training: the normalisation bias (mean 0 on a
-reference set), then held-out evaluation (accuracy, calibration, per-annotator accuracy, length
-correlation) into ``metrics.jsonl`` and ``eval.json``.
+reference set), then held-out evaluation (accuracy, calibration before and after temperature
+scaling, per-annotator accuracy, length correlation) into ``metrics.jsonl`` and ``eval.json``, and
+the temperature fitted on the held-out pairs into the final folder (1 when there are none).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,7 +24,8 @@ from rlhfkit.data.records import DataError, at_record, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
-from rlhfkit.models.reward import BIAS_KEY, RewardScorer, load_reward_model, reward_forward
+from rlhfkit.models.reward import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, reward_forward,
+                                   write_temperature)
 from rlhfkit.train import common
 from rlhfkit.train.loop import spec_from_config, train_loop
 from rlhfkit.train.options import OptimConfig, TrainConfig
@@ -203,6 +204,7 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     from rlhfkit.models.reward import load_scorer
 
     report = evaluate_reward(load_scorer(final, max_length=config.max_length), eval_groups)
+    write_temperature(final, report.get("temperature", 1.0))
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
     common.MetricsLogger(out_dir, resume=True).log("final", {f"eval/{k}": v for k, v in report.items()
                                                         if isinstance(v, (int, float))})
@@ -269,6 +271,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     cfg_path = final / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg[BIAS_KEY] = bias
+    cfg.pop(TEMPERATURE_KEY, None)  # one inherited from an initial reward model does not fit this one
     cfg_path.write_text(json.dumps(cfg, indent=2))
     (final / "rlhfkit_scoring.json").write_text(json.dumps({"max_length": config.max_length,
                                                             "max_prompt_length": config.max_prompt_length}))
@@ -276,9 +279,23 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
 
 
 def evaluate_reward(scorer: RewardScorer, groups: list[Group]) -> dict:
-    """Held-out accuracy (decisive pairs), ECE of P(chosen) = σ(r_c − r_r), per-annotator accuracy,
-    and the Pearson correlation of reward with response length in words (a length-hacking sign)."""
-    from rlhfkit.evaluate.metrics import expected_calibration_error, pearson
+    """Held-out accuracy, calibration, per-annotator accuracy, and the Pearson correlation of reward with
+    response length in words (a length-hacking sign).
+
+    Every decisive pair (label P(better) ≠ 0.5; tied pairs are skipped) of every group counts. Its
+    label is the record's: a pair's ``label_prob`` (e.g. the share of a panel that preferred "chosen";
+    1 when absent) or 1 for each pair of a ranking (better, worse). Accuracy counts the model right when
+    its margin has the label's sign; calibration compares P = σ(r_better − r_worse) with the soft label.
+
+    - ``ece``: :func:`pairwise_ece` of the raw σ(margin) (each pair counted in both orders);
+    - ``temperature``: T fitted on all these pairs (:func:`fit_temperature`), what
+      :func:`run_reward` stores in the folder;
+    - ``ece_calibrated``: the ECE of σ(margin / T) with T cross-fitted, so no pair is scored with a
+      temperature fitted on it: the groups are split by position (even / odd index) into two folds,
+      T is fitted on one fold and applied to the other, both ways, and ECE is taken over all pairs.
+      A group's pairs (a ranking's) stay in one fold.
+    """
+    from rlhfkit.evaluate.metrics import fit_temperature, pairwise_ece, pearson, sigmoid
 
     if not groups:
         return {}
@@ -287,26 +304,32 @@ def evaluate_reward(scorer: RewardScorer, groups: list[Group]) -> dict:
         prompts += [g.prompt] * len(g.responses)
         responses += list(g.responses)
     rewards = scorer.score(prompts, responses).tolist()
-    probs, labels, correct, per_annotator = [], [], [], {}
+    margins, labels, folds, correct, per_annotator = [], [], [], [], {}
     offset = 0
-    for g in groups:
+    for k, g in enumerate(groups):
         for i, j, p in g.pairs:
             if p == 0.5:
                 continue
-            prob = 1 / (1 + math.exp(-(rewards[offset + i] - rewards[offset + j])))
-            win = (rewards[offset + i] > rewards[offset + j]) == (p > 0.5)
-            probs.append(prob)
-            labels.append(1 if p > 0.5 else 0)
+            margin = rewards[offset + i] - rewards[offset + j]
+            win = (margin > 0) == (p > 0.5)
+            margins.append(margin)
+            labels.append(float(p))
+            folds.append(k % 2)
             correct.append(float(win))
             names = g.annotator if isinstance(g.annotator, list) else [g.annotator]
             for name in names:
                 if name is not None:
                     per_annotator.setdefault(str(name), []).append(float(win))
         offset += len(g.responses)
+    # 2-fold cross-fitted temperature: fold f's pairs are scaled by the T of the other fold
+    fold_t = [fit_temperature([m for m, f in zip(margins, folds) if f != fold],
+                              [y for y, f in zip(labels, folds) if f != fold]) for fold in (0, 1)]
     lengths = [len(_text(r).split()) for r in responses]
     return {
         "accuracy": sum(correct) / max(len(correct), 1),
-        "ece": expected_calibration_error(probs, labels),
+        "ece": pairwise_ece([sigmoid(m) for m in margins], labels),
+        "ece_calibrated": pairwise_ece([sigmoid(m / fold_t[f]) for m, f in zip(margins, folds)], labels),
+        "temperature": fit_temperature(margins, labels),
         "length_correlation": pearson(lengths, rewards),
         "pairs": len(correct),
         "accuracy_per_annotator": {k: sum(v) / len(v) for k, v in sorted(per_annotator.items())},

@@ -1,7 +1,9 @@
 """Judges without a language model's verdict: a reward model, or a Python function.
 
 A Bradley-Terry reward model already is a pairwise judge: P(a ≻ b) = σ(r_a − r_b) (Bradley and
-Terry 1952; Ouyang et al. 2022, eq. 1). It scores each response on its own, so the order in which
+Terry 1952; Ouyang et al. 2022, eq. 1), divided by the temperature T fitted on held-out pairs when
+the reward model folder stores one (σ((r_a − r_b) / T), temperature scaling, Guo et al. 2017), so
+that its soft labels are calibrated probabilities. It scores each response on its own, so the order in which
 the pair is shown cannot matter and no position bias is measured. A Python function is the way in
 for rules, heuristics or any other model.
 """
@@ -20,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class RewardModelJudge(Judge):
-    """P(a better) = σ(r_a − r_b) from a reward model folder (or ensemble folder), or any object with
-    ``score(prompts, responses) -> (N,)`` such as :class:`rlhfkit.models.reward.RewardScorer`."""
+    """P(a better) = σ((r_a − r_b) / T) from a reward model folder (or ensemble folder), or any object
+    with ``score(prompts, responses) -> (N,)`` such as :class:`rlhfkit.models.reward.RewardScorer`.
+    T is the scorer's ``temperature`` (the folder's stored one; 1 for an object without it)."""
 
     def __init__(self, model_dir_or_scorer, *, batch_size: int = 64, name: str | None = None):
         if isinstance(model_dir_or_scorer, (str, Path)):
@@ -46,7 +49,8 @@ class RewardModelJudge(Judge):
             return []
         # one call scores every a and every b, so an ensemble or a remote scorer batches them together
         scores = [float(s) for s in self.scorer.score(list(prompts) * 2, list(responses_a) + list(responses_b))]
-        return [Verdict(prob_a=two_choice_probability(scores[i], scores[n + i])) for i in range(n)]
+        t = float(getattr(self.scorer, "temperature", 1.0))
+        return [Verdict(prob_a=two_choice_probability(scores[i] / t, scores[n + i] / t)) for i in range(n)]
 
 
 def accepts_criterion(fn: Callable) -> bool:
