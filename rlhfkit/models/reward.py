@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
-from rlhfkit.ops import last_token_index
+from rlhfkit.models.forward import last_token_scores
 
 BIAS_KEY = "rlhfkit_reward_bias"
 
@@ -43,30 +43,10 @@ def load_reward_model(path: str | Path, *, lora=None):
     return model
 
 
-def _backbone_and_head(model):
-    from rlhfkit.models.loading import is_peft
-
-    inner = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
-    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
-    head = getattr(inner, "score", None)
-    return backbone, head
-
-
 def reward_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scalar reward of each sequence, read at its last non-pad token. (B, T) -> (B,).
-
-    We pick the position from the attention mask ourselves instead of relying on the model's
-    pad-token search, which is wrong when pad == EOS and the sequence ends with EOS; and the score
-    head runs on B hidden states instead of B x T.
-    """
-    index = last_token_index(attention_mask)  # (B,)
-    backbone, head = _backbone_and_head(model)
-    if backbone is None or head is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, 1)
-        return logits[:, 0].float()
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, H)
-    return head(last)[:, 0].float()
+    """Scalar reward of each sequence, read at its last real token (chosen from the attention mask,
+    so pad == EOS is safe). (B, T) -> (B,). See :func:`rlhfkit.models.forward.last_token_scores`."""
+    return last_token_scores(model, input_ids, attention_mask)
 
 
 def encode_pair_texts(tokenizer, prompt, response, *, max_length: int, max_prompt_length: int | None,
