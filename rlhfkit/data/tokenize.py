@@ -21,12 +21,20 @@ from typing import Any
 IGNORE_INDEX = -100
 
 
+def require_chat_template(tokenizer) -> None:
+    """A clear error, naming the model, for a conversational record on a tokenizer with no template."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"model {name}: conversational records (message lists) need a chat template, and this "
+                         "tokenizer has none (a base model such as GPT-2); use plain-text prompt/completion "
+                         "records, or set a chat_template in its tokenizer_config.json")
+
+
 def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
     """Prompt text as the model sees it (chat template with generation prompt for message lists)."""
     if isinstance(prompt, str):
         return prompt
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("conversational records need a tokenizer with a chat template")
+    require_chat_template(tokenizer)
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
@@ -34,6 +42,7 @@ def render_completion(tokenizer, prompt: str | list[dict], completion: str | lis
     """Completion text: plain strings as they are; messages as the template renders them after the prompt."""
     if isinstance(completion, str):
         return completion
+    require_chat_template(tokenizer)
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
