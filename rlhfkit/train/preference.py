@@ -41,6 +41,7 @@ from rlhfkit.ops import masked_mean
 from rlhfkit.train import common
 from rlhfkit.train import preference_data as D
 from rlhfkit.train.loop import spec_from_config, train_loop
+from rlhfkit.train.rl_common import disable_dropout
 from rlhfkit.train.options import OptimConfig, TrainConfig
 
 log = logging.getLogger("rlhfkit")
@@ -365,6 +366,9 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     total_steps = config.total_steps(len(train))
 
     model = load_causal_lm(config.model, lora=config.lora)
+    # no dropout (as TRL's disable_dropout=True): the policy's log-probs at step 0 then equal the
+    # reference's, which are computed without it (GPT-2 ships with p = 0.1 in three places)
+    disable_dropout(model)
     optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     device, pad_id = accelerator.device, tokenizer.pad_token_id
