@@ -25,15 +25,33 @@ from rlhfkit.models.forward import last_token_scores
 BIAS_KEY = "rlhfkit_reward_bias"
 
 
-def load_reward_model(path: str | Path, *, lora=None):
+REWARD_PAD = "<|rlhfkit_pad|>"
+
+
+def with_distinct_pad(tokenizer):
+    """The tokenizer a new reward model is trained and saved with: when pad == EOS (GPT-2, Llama-3,
+    Mistral: no pad token of their own), it gets a pad token of its own. transformers' own pooling
+    reads the last token that is not ``pad_token_id``; with pad == EOS that is the token BEFORE the
+    final EOS, one position earlier than where rlhfkit trains and reads the score (from the mask)."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": REWARD_PAD})
+    return tokenizer
+
+
+def load_reward_model(path: str | Path, *, lora=None, tokenizer=None):
     """A sequence classifier with num_labels=1, from a reward model folder or a causal LM folder
-    (then the score head is new and initialised by transformers)."""
+    (then the score head is new and initialised by transformers). With ``tokenizer``, the embeddings
+    grow to hold its added tokens (see :func:`with_distinct_pad`) and its pad id goes in the config."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhfkit.models.loading import apply_lora, quiet_transformers
 
     quiet_transformers()
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.config.pad_token_id = tokenizer.pad_token_id
     if model.config.pad_token_id is None:
         from rlhfkit.models.loading import load_tokenizer
 

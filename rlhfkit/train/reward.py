@@ -23,7 +23,7 @@ from rlhfkit.data.records import DataError, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import load_tokenizer, save_model
-from rlhfkit.models.reward import BIAS_KEY, RewardScorer, load_reward_model, reward_forward
+from rlhfkit.models.reward import BIAS_KEY, RewardScorer, load_reward_model, reward_forward, with_distinct_pad
 from rlhfkit.train import common
 from rlhfkit.train.loop import spec_from_config, train_loop
 from rlhfkit.train.options import OptimConfig, TrainConfig
@@ -152,6 +152,8 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train ``ensemble_size`` reward models; returns the final folder (a member or an ensemble)."""
     out_dir = common.start_run(config)
     tokenizer = load_tokenizer(config.model)
+    if not config.lora.save_adapter_only:  # an adapter folder cannot carry a grown embedding
+        tokenizer = with_distinct_pad(tokenizer)
     data = load_records(config.data, "preference")
     if config.eval_data:
         held = load_records(config.eval_data, "preference")
@@ -224,7 +226,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     seed = config.seed + k
     common.set_seed(seed)
     accelerator = common.make_accelerator(config.precision)
-    model = load_reward_model(config.model, lora=config.lora)
+    model = load_reward_model(config.model, lora=config.lora, tokenizer=tokenizer)
     total_steps = config.total_steps(len(groups))
     optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
