@@ -169,14 +169,15 @@ def collate_sft(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict
 
 
 def pack_documents(tokenizer, texts: list[str], *, block_size: int) -> list[list[int]]:
-    """Pre-training blocks: documents joined by EOS (BOS before each when the tokenizer has one) and
-    cut into ``block_size`` tokens; no padding at all. The tail shorter than a block is kept as a
+    """Pre-training blocks: documents joined by EOS (BOS before each when the tokenizer has one of its
+    own: GPT-2's BOS is its EOS, and one <|endoftext|> between documents is its convention) and cut
+    into ``block_size`` tokens; no padding at all. The tail shorter than a block is kept as a
     shorter block, so no text is lost."""
     stream: list[int] = []
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if bos is not None:
+        if bos is not None and bos != eos:
             stream.append(bos)
         stream.extend(ids)
         stream.append(eos)
