@@ -139,7 +139,8 @@ class StubLM(torch.nn.Module):
         self.lm_head.register_forward_hook(lambda module, args, out: self.head_rows.append(tuple(args[0].shape)))
 
     def get_decoder(self):
-        return lambda input_ids, attention_mask: types.SimpleNamespace(last_hidden_state=self.embed(input_ids))
+        return lambda input_ids, attention_mask, position_ids=None: types.SimpleNamespace(
+            last_hidden_state=self.embed(input_ids))
 
     def get_output_embeddings(self):
         return self.lm_head

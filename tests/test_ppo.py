@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError, describe
-from rlhfkit.models.forward import sequence_logprobs
+from rlhfkit.models.forward import sequence_logprobs, token_values
 from rlhfkit.models.loading import LoraSettings, load_causal_lm
 from rlhfkit.rewards import PythonRewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train.ppo import PPOConfig, run_ppo, token_rewards
-from rlhfkit.train.rl_common import ActorCritic, Reference, RLConfig, collect, token_values
+from rlhfkit.train.rl_common import ActorCritic, Reference, RLConfig, collect
 from rlhfkit.train.options import OptimConfig
 
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]

@@ -32,9 +32,17 @@ class RenderError(ValueError):
         self.field = field
 
 
-def _apply_template(tokenizer, messages: list[dict], field: str, **kwargs) -> str:
+def require_chat_template(tokenizer, field: str) -> None:
+    """A clear error, naming the model, for a conversational record on a tokenizer with no template."""
     if getattr(tokenizer, "chat_template", None) is None:
-        raise RenderError(field, "conversational records need a tokenizer with a chat template")
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise RenderError(field, f"model {name}: conversational records (message lists) need a chat template, and "
+                                 "this tokenizer has none (a base model such as GPT-2); use plain-text "
+                                 "prompt/completion records, or set a chat_template in its tokenizer_config.json")
+
+
+def _apply_template(tokenizer, messages: list[dict], field: str, **kwargs) -> str:
+    require_chat_template(tokenizer, field)
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     except Exception as err:  # a user's Jinja template may raise anything (TemplateError, TypeError, ...)
@@ -54,6 +62,7 @@ def render_completion(tokenizer, prompt: str | list[dict], completion: str | lis
     """Completion text: plain strings as they are; messages as the template renders them after the prompt."""
     if isinstance(completion, str):
         return completion
+    require_chat_template(tokenizer, "completion")
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     prompt_text = _apply_template(tokenizer, prompt, "prompt", add_generation_prompt=True)
@@ -188,14 +197,15 @@ def collate_sft(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict
 
 
 def pack_documents(tokenizer, texts: list[str], *, block_size: int) -> list[list[int]]:
-    """Pre-training blocks: documents joined by EOS (BOS before each when the tokenizer has one) and
-    cut into ``block_size`` tokens; no padding at all. The tail shorter than a block is kept as a
+    """Pre-training blocks: documents joined by EOS (BOS before each when the tokenizer has one of its
+    own: GPT-2's BOS is its EOS, and one <|endoftext|> between documents is its convention) and cut
+    into ``block_size`` tokens; no padding at all. The tail shorter than a block is kept as a
     shorter block, so no text is lost."""
     stream: list[int] = []
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if bos is not None:
+        if bos is not None and bos != eos:
             stream.append(bos)
         stream.extend(ids)
         stream.append(eos)

@@ -27,21 +27,39 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
-from rlhfkit.ops import last_token_index
+from rlhfkit.models.forward import last_token_scores
 
 BIAS_KEY = "rlhfkit_reward_bias"
 TEMPERATURE_KEY = "rlhfkit_reward_temperature"
 
 
-def load_reward_model(path: str | Path, *, lora=None):
+REWARD_PAD = "<|rlhfkit_pad|>"
+
+
+def with_distinct_pad(tokenizer):
+    """The tokenizer a new reward model is trained and saved with: when pad == EOS (GPT-2, Llama-3,
+    Mistral: no pad token of their own), it gets a pad token of its own. transformers' own pooling
+    reads the last token that is not ``pad_token_id``; with pad == EOS that is the token BEFORE the
+    final EOS, one position earlier than where rlhfkit trains and reads the score (from the mask)."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": REWARD_PAD})
+    return tokenizer
+
+
+def load_reward_model(path: str | Path, *, lora=None, tokenizer=None):
     """A sequence classifier with num_labels=1, from a reward model folder or a causal LM folder
-    (then the score head is new and initialised by transformers)."""
+    (then the score head is new and initialised by transformers). With ``tokenizer``, the embeddings
+    grow to hold its added tokens (see :func:`with_distinct_pad`) and its pad id goes in the config."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhfkit.models.loading import apply_lora, quiet_transformers
 
     quiet_transformers()
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.config.pad_token_id = tokenizer.pad_token_id
     if model.config.pad_token_id is None:
         from rlhfkit.models.loading import load_tokenizer
 
@@ -51,30 +69,10 @@ def load_reward_model(path: str | Path, *, lora=None):
     return model
 
 
-def _backbone_and_head(model):
-    from rlhfkit.models.loading import is_peft
-
-    inner = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
-    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
-    head = getattr(inner, "score", None)
-    return backbone, head
-
-
 def reward_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scalar reward of each sequence, read at its last non-pad token. (B, T) -> (B,).
-
-    We pick the position from the attention mask ourselves instead of relying on the model's
-    pad-token search, which is wrong when pad == EOS and the sequence ends with EOS; and the score
-    head runs on B hidden states instead of B x T.
-    """
-    index = last_token_index(attention_mask)  # (B,)
-    backbone, head = _backbone_and_head(model)
-    if backbone is None or head is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, 1)
-        return logits[:, 0].float()
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, H)
-    return head(last)[:, 0].float()
+    """Scalar reward of each sequence, read at its last real token (chosen from the attention mask,
+    so pad == EOS is safe). (B, T) -> (B,). See :func:`rlhfkit.models.forward.last_token_scores`."""
+    return last_token_scores(model, input_ids, attention_mask)
 
 
 def encode_pair_texts(tokenizer, prompt, response, *, max_length: int, max_prompt_length: int | None,

@@ -371,8 +371,8 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     total_steps = config.total_steps(len(train))
 
     model = load_causal_lm(config.model, lora=config.lora)
-    if config.disable_dropout:  # before the reference pass: the policy and its reference are one function
-        disable_dropout(model)
+    if config.disable_dropout:  # as TRL: the policy's step-0 log-probs then equal the reference's, which
+        disable_dropout(model)    # are computed without it (GPT-2 ships with p = 0.1 in three places)
     optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     device, pad_id = accelerator.device, tokenizer.pad_token_id

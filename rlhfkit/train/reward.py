@@ -25,7 +25,7 @@ from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_pro
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
 from rlhfkit.models.reward import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, reward_forward,
-                                   write_temperature)
+                                   with_distinct_pad, write_temperature)
 from rlhfkit.train import common
 from rlhfkit.train.loop import spec_from_config, train_loop
 from rlhfkit.train.options import OptimConfig, TrainConfig
@@ -162,6 +162,8 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train ``ensemble_size`` reward models; returns the final folder (a member or an ensemble)."""
     out_dir = common.start_run(config)
     tokenizer = load_tokenizer(config.model)
+    if not config.lora.save_adapter_only:  # an adapter folder cannot carry a grown embedding
+        tokenizer = with_distinct_pad(tokenizer)
     layout = LayoutOptions.for_tokenizer(tokenizer, hh_raw_text=config.hh_raw_text,
                                          margin_from_scores=config.margin_from_scores)
     data = load_records(config.data, "preference", layout=layout)
@@ -238,7 +240,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     seed = config.seed + k
     common.set_seed(seed)
     accelerator = common.make_accelerator(config.precision)
-    model = load_reward_model(config.model, lora=config.lora)
+    model = load_reward_model(config.model, lora=config.lora, tokenizer=tokenizer)
     if config.disable_dropout:
         disable_dropout(model)
     total_steps = config.total_steps(len(groups))

@@ -24,10 +24,10 @@ import torch
 from rlhfkit.config import require
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import encode_prompt
-from rlhfkit.models.forward import _decoder_and_head, sequence_logprobs
+from rlhfkit.models.forward import policy_forward, sequence_logprobs, token_values
 from rlhfkit.models.loading import LoraSettings, disable_dropout, is_peft, load_causal_lm
 from rlhfkit.models.precision import Precision
-from rlhfkit.ops import LOSS_AGGREGATIONS, entropy_from_logits, logprobs_from_logits, masked_var
+from rlhfkit.ops import LOSS_AGGREGATIONS, masked_var
 from rlhfkit.rewards import RewardSettings, RewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import decode_responses
@@ -150,15 +150,6 @@ def load_prompts(path: str, tokenizer, *, max_prompt_length: int) -> tuple[list,
 # ---------------------------------------------------------------- policy, value function, reference
 
 
-def token_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-token values of a reward-model-shaped critic: its ``score`` head on every hidden state.
-    (B, L) → (B, L) float32 (a reward model reads the same head at the last token only)."""
-    inner = critic.get_base_model() if is_peft(critic) else critic
-    backbone = getattr(inner, inner.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-    return inner.score(hidden)[..., 0].float()
-
-
 @dataclass
 class Outputs:
     logprobs: torch.Tensor  # (B, R) 0 on padding
@@ -198,39 +189,16 @@ class ActorCritic:
                 entropy: bool = False, values: bool = True) -> Outputs:
         """Response-position log-probs (and entropy, values). Inputs (B, L) with L = P + R."""
         P = context_length
+        use_head = self.value_head is not None and values
+        out = policy_forward(self.policy, input_ids, attention_mask, completion_mask, temperature=temperature,
+                             entropy=entropy, hidden=use_head)
         head_values = None
-        if self.value_head is not None and values:
-            logprobs, ent, hidden = _logprobs_and_hidden(self.policy, input_ids, attention_mask, completion_mask,
-                                                         temperature=temperature, entropy=entropy)
-            head_values = self.value_head(hidden)[..., 0].float()[:, P - 1:-1]  # (B, R)
-        else:
-            out = sequence_logprobs(self.policy, input_ids, attention_mask, completion_mask,
-                                    temperature=temperature, return_entropy=entropy)
-            logprobs, ent = out if entropy else (out, None)
+        if use_head:
+            head_values = self.value_head(out.hidden)[..., 0].float()[:, P - 1:-1]  # (B, R)
         if self.critic is not None and values:
-            head_values = token_values(self.critic, input_ids, attention_mask)[:, P - 1:-1]
-        return Outputs(logprobs=logprobs[:, P - 1:], entropy=None if ent is None else ent[:, P - 1:],
-                       values=head_values)
-
-
-def _logprobs_and_hidden(model, input_ids, attention_mask, completion_mask, *, temperature: float, entropy: bool):
-    """:func:`sequence_logprobs` that also returns the last hidden states (B, L, H) for a value head."""
-    decoder, head = _decoder_and_head(model)
-    target = completion_mask[:, 1:].bool()
-    if decoder is None:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        hidden, logits = out.hidden_states[-1], out.logits[:, :-1][target]
-    else:
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-        logits = head(hidden[:, :-1][target])  # (N, V)
-    logits = logits / temperature
-    logprobs = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device)
-    logprobs[target] = logprobs_from_logits(logits.unsqueeze(0), input_ids[:, 1:][target].unsqueeze(0))[0]
-    ent = None
-    if entropy:
-        ent = torch.zeros_like(logprobs)
-        ent[target] = entropy_from_logits(logits.detach().unsqueeze(0))[0]
-    return logprobs, ent, hidden
+            head_values = token_values(self.critic, input_ids, attention_mask)[:, P - 1:-1]  # (B, R)
+        ent = None if out.entropy is None else out.entropy[:, P - 1:]
+        return Outputs(logprobs=out.logprobs[:, P - 1:], entropy=ent, values=head_values)
 
 
 class Reference:

@@ -28,7 +28,7 @@ import torch
 from rlhfkit.data.tokenize import encode_prompt, pad_batch, render_prompt
 from rlhfkit.feedback.judges.base import (DEFAULT_CRITERION, BothOrdersJudge, JudgeTemplate, Prompt,
                                           two_choice_probability)
-from rlhfkit.models.forward import _decoder_and_head
+from rlhfkit.models.forward import decoder_and_head, hidden_states, position_ids
 from rlhfkit.models.loading import model_label
 from rlhfkit.models.precision import resolve_precision
 
@@ -151,7 +151,7 @@ class LocalLMJudge(BothOrdersJudge):
         """P(first choice) = σ(l₁ − l₂) after each prompt, from one forward pass per batch."""
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        decoder, head = _decoder_and_head(self.model)
+        decoder, head = decoder_and_head(self.model)
         was_training = self.model.training
         self.model.eval()
         out = [0.0] * len(seqs)
@@ -163,9 +163,10 @@ class LocalLMJudge(BothOrdersJudge):
             last = mask.sum(1) - 1  # (B,) each row's last real token
             with self._autocast(device):
                 if decoder is None:
-                    logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, last]  # (B, V)
+                    logits = self.model(input_ids=ids, attention_mask=mask,
+                                        position_ids=position_ids(mask)).logits[rows, last]  # (B, V)
                 else:
-                    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+                    hidden = hidden_states(decoder, ids, mask)  # (B, T, H)
                     logits = head(hidden[rows, last])  # (B, V): the head on B positions only
             picked = logits.float().gather(1, torch.tensor([choices[i] for i in idx], device=device)).cpu()  # (B, 2)
             for row, i in enumerate(idx):
