@@ -80,7 +80,7 @@ def reward_config(model_dir, data, out):
 
     return RewardConfig(model=str(model_dir), data=str(data["prefs"]), output_dir=str(out), batch_size=4,
                         max_length=64, max_steps=2, optim=OPTIM, eval_fraction=0.0, log_every=1, save_every=0,
-                        progress=False)
+                        progress=False, precision="fp32")
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +131,7 @@ def test_conversational_record_without_a_chat_template_names_the_model(family, m
     chat = write(tmp_path / "chat.jsonl", [{"messages": CHAT + [{"role": "assistant", "content": "red."}]}] * 4)
     with pytest.raises(ValueError, match=r"(?s)model.*chat template") as err:
         run_sft(SFTConfig(model=str(model_dir), data=str(chat), output_dir=str(tmp_path / "sft"), batch_size=4,
-                          max_steps=1, optim=OPTIM, eval_fraction=0.0, save_every=0, eval_every=0, progress=False))
+                          max_steps=1, optim=OPTIM, eval_fraction=0.0, save_every=0, eval_every=0, progress=False, precision="fp32"))
     assert str(model_dir) in str(err.value)
 
 
@@ -158,7 +158,7 @@ def test_sft(family, model_dir, data, tmp_path):
 
     final = run_sft(SFTConfig(model=str(model_dir), data=str(data["sft"]), output_dir=str(tmp_path / "sft"),
                               batch_size=4, max_length=64, max_steps=2, optim=OPTIM, eval_fraction=0.0,
-                              log_every=1, save_every=0, eval_every=0, progress=False))
+                              log_every=1, save_every=0, eval_every=0, progress=False, precision="fp32"))
     losses = [m["train/loss"] for m in metrics(tmp_path / "sft") if "train/loss" in m]
     assert len(losses) == 2 and all(0 < x < 20 for x in losses)
     assert AutoModelForCausalLM.from_pretrained(final).config.model_type == load_causal_lm(model_dir).config.model_type
@@ -198,7 +198,7 @@ def test_direct_method(family, model_dir, data, tmp_path, method):
                 "orpo": (P.ORPOConfig, P.run_orpo), "simpo": (P.SimPOConfig, P.run_simpo)}[method]
     out = tmp_path / method
     config = cls(model=str(model_dir), data=str(data["kto" if method == "kto" else "prefs"]), output_dir=str(out),
-                 batch_size=4, max_length=64, max_steps=2, optim=OPTIM, log_every=1, save_every=0, progress=False)
+                 batch_size=4, max_length=64, max_steps=2, optim=OPTIM, log_every=1, save_every=0, progress=False, precision="fp32")
     final = run(config)
     rows = [m for m in metrics(out) if "train/loss" in m]
     assert len(rows) == 2
@@ -225,7 +225,7 @@ def test_ppo_first_kl_zero_and_ratio_one_on_left_padded_batches(family, model_di
     final = run_ppo(PPOConfig(model=str(model_dir), prompts=str(data["prompts"]), output_dir=str(out),
                               reward=RewardSettings(model=str(reward_dir)), value_model=value_model,
                               sampling=SamplingConfig(max_new_tokens=8, batch_size=4), batch_size=4,
-                              num_minibatches=1, num_ppo_epochs=2, total_steps=1, optim=OPTIM, progress=False,
+                              num_minibatches=1, num_ppo_epochs=2, total_steps=1, optim=OPTIM, progress=False, precision="fp32",
                               save_every=0, seed=1))
     (m,) = rl_rows(out)
     assert m["objective/kl"] == pytest.approx(0.0, abs=1e-6)
@@ -244,7 +244,7 @@ def test_group_method(family, model_dir, data, tmp_path, method):
     out = tmp_path / method
     final = run(cls(model=str(model_dir), prompts=str(data["prompts"]), output_dir=str(out),
                     sampling=SamplingConfig(max_new_tokens=8, batch_size=8), batch_size=8, num_generations=2,
-                    num_ppo_epochs=2, num_minibatches=1, total_steps=1, optim=OPTIM, progress=False,
+                    num_ppo_epochs=2, num_minibatches=1, total_steps=1, optim=OPTIM, progress=False, precision="fp32",
                     save_every=0, seed=1),
                 reward_fns=[lambda prompts, responses: [float(len(r)) for r in responses]])
     (m,) = rl_rows(out)
