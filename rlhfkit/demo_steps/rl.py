@@ -72,7 +72,8 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
                 reward=RewardSettings(model=str(ctx.reward)),
                 sampling=SamplingConfig(max_new_tokens=ctx.config.max_new_tokens, batch_size=64),
                 max_prompt_length=64, optim=OptimConfig(learning_rate=lr, warmup_ratio=0.0, min_lr_ratio=1.0),
-                save_every=0 if ctx.quick else 20, seed=ctx.seed, progress=not ctx.quick)
+                save_every=0 if ctx.quick else 20, seed=ctx.seed, progress=not ctx.quick,
+                precision=ctx.precision)
     return cls(**{**base, **params})
 
 
