@@ -56,8 +56,10 @@ class DemoConfig:
     """documents in the pre-training corpus"""
     n_sft: int = 3000
     """demonstrations for SFT"""
-    n_pref_prompts: int = 3000
+    n_pref_prompts: int = 6000
     """prompts whose SFT samples the simulated panel labels (half as pairs, half as 4-way rankings)"""
+    n_rm_eval_prompts: int = 1000
+    """held-out prompts whose SFT sample pairs measure the reward model against gold and the panel"""
     n_rl_prompts: int = 2000
     """prompt-only records for PPO / GRPO / RLOO"""
     n_eval_prompts: int = 200
@@ -91,7 +93,8 @@ class DemoConfig:
         from dataclasses import replace
 
         return replace(
-            self, n_pretrain_docs=3000, n_sft=800, n_pref_prompts=60, n_rl_prompts=64, n_eval_prompts=48,
+            self, n_pretrain_docs=3000, n_sft=800, n_pref_prompts=60, n_rm_eval_prompts=48, n_rl_prompts=64,
+            n_eval_prompts=48,
             eval_samples=1, max_new_tokens=24,
             model=replace(self.model, vocab_size=384, hidden_size=64, intermediate_size=192, num_hidden_layers=2),
             pretrain=replace(self.pretrain, max_steps=400, batch_size=16), sft=replace(self.sft, max_steps=100, batch_size=16),

@@ -68,6 +68,7 @@ def test_reward_model_beats_chance_against_gold(quick_demo):
     entry = json.loads((quick_demo / "summary.json").read_text())["methods"]["reward_model"]
     assert entry["heldout_pairs"] >= 15
     assert entry["accuracy_vs_gold"] > 0.55
+    assert 0.5 <= entry["panel_accuracy_vs_gold_expected"] <= 1.0
 
 
 @pytest.mark.slow
@@ -77,3 +78,22 @@ def test_demo_stages_are_cached(quick_demo):
     before = (quick_demo / "sft" / "final" / "model.safetensors").stat().st_mtime
     assert main(["demo", "--quick", "--output-dir", str(quick_demo), "methods=[reward]"]) == 0
     assert (quick_demo / "sft" / "final" / "model.safetensors").stat().st_mtime == before
+
+
+def test_expected_majority_of_the_panel_by_hand():
+    from rlhfkit.demo_steps.reward import majority_prob
+
+    class Fixed:
+        def __init__(self, p):
+            self.p = p
+
+        def prob_prefers(self, prompt, a, b):
+            return self.p
+
+    # three voters of 0.9: P(at least 2 of 3) = 3 · 0.9² · 0.1 + 0.9³ = 0.243 + 0.729 = 0.972
+    assert majority_prob([Fixed(0.9)] * 3, "p", "a", "b") == pytest.approx(0.972)
+    # voters (1, 1, 0): the two sure ones always win
+    assert majority_prob([Fixed(1.0), Fixed(1.0), Fixed(0.0)], "p", "a", "b") == pytest.approx(1.0)
+    # four annotators (1, 1, 0, 0), three drawn: the 4 draws hold two 1s in 2 of them (majority for a)
+    # and one 1 in the other 2 (majority for b) → 2/4 = 0.5
+    assert majority_prob([Fixed(1.0), Fixed(1.0), Fixed(0.0), Fixed(0.0)], "p", "a", "b") == pytest.approx(0.5)

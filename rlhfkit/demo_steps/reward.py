@@ -44,6 +44,26 @@ def _distinct_pair(responses: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def majority_prob(panel, prompt: str, a: str, b: str, voters: int = VOTERS) -> float:
+    """P(the majority of ``voters`` annotators drawn from ``panel`` prefers ``a``), averaged over every
+    draw of voters, from each annotator's Bradley–Terry probability: the panel's expected agreement
+    with gold on a pair, without the noise of one draw of votes."""
+    from itertools import combinations
+
+    probs = [annotator.prob_prefers(prompt, a, b) for annotator in panel]
+    draws = list(combinations(range(len(probs)), min(voters, len(probs))))
+    total = 0.0
+    for draw in draws:
+        k = len(draw)
+        for votes in range(1 << k):  # every pattern of votes for a (bit set) or b
+            p = 1.0
+            for bit, i in enumerate(draw):
+                p *= probs[i] if votes >> bit & 1 else 1 - probs[i]
+            ayes = bin(votes).count("1")
+            total += p * (1.0 if 2 * ayes > k else 0.5 if 2 * ayes == k else 0.0)
+    return total / len(draws)
+
+
 def label_preferences(ctx: DemoContext) -> None:
     """Write data/prefs_pairs.jsonl, data/prefs_rankings.jsonl, data/prefs_all.jsonl, data/prefs_heldout.jsonl."""
     data = ctx.out / "data"
@@ -77,7 +97,7 @@ def label_preferences(ctx: DemoContext) -> None:
     write_jsonl(pairs + rankings, data / "prefs_all.jsonl")
 
     # held-out pairs on eval prompts: gold and the panel both judge them
-    eval_prompts = ctx.eval_prompts
+    eval_prompts = [r["prompt"] for r in task.prompts(cfg.n_rm_eval_prompts, rng_seed=ctx.seed + 6, split="eval")]
     held_samples = _sft_samples(ctx, eval_prompts, 2, seed=ctx.seed + 13)
     held = []
     for prompt, responses in zip(eval_prompts, held_samples):
@@ -89,6 +109,9 @@ def label_preferences(ctx: DemoContext) -> None:
         if g_chosen == g_rejected:
             continue  # gold has no preference: neither the panel nor the model can be right
         record["gold_prefers_chosen"] = g_chosen > g_rejected
+        better, worse = (record["chosen"], record["rejected"]) if g_chosen > g_rejected else (
+            record["rejected"], record["chosen"])
+        record["panel_majority_prob_gold"] = majority_prob(task.panel, prompt, better, worse)
         held.append(record)
     write_jsonl(held, data / "prefs_heldout.jsonl")
     (data / "prefs_stats.json").write_text(json.dumps({
@@ -128,6 +151,7 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
     return {
         "accuracy_vs_gold": sum(model_vs_gold) / max(len(held), 1),
         "panel_accuracy_vs_gold": sum(panel_vs_gold) / max(len(held), 1),
+        "panel_accuracy_vs_gold_expected": sum(g["panel_majority_prob_gold"] for g in held) / max(len(held), 1),
         "accuracy_vs_panel": report.get("accuracy"),
         "ece": report.get("ece"),
         "ece_calibrated": report.get("ece_calibrated"),

@@ -67,15 +67,17 @@ def write_report(out: Path, summary: dict, samples: dict, task, extra_sections: 
             "## Reward model",
             "",
             f"Held-out pairs of SFT samples ({rm.get('heldout_pairs')}), judged by gold and by the panel "
-            "(majority of three annotators). ECE compares P(chosen) = σ(r_c − r_r) with the panel's vote share, "
+            "(majority of three annotators; its expected accuracy averages the majority's probability of "
+            "agreeing with gold over every draw of three voters, free of the noise of one draw of votes). ECE compares P(chosen) = σ(r_c − r_r) with the panel's vote share, "
             "each pair counted in both orders; after temperature scaling, P = σ((r_c − r_r) / T) with T "
             "fitted on the other half of the held-out pairs (the stored T is fitted on all of them and only "
             "changes calibrated probabilities, not rewards):",
             "",
-            "| accuracy vs gold | panel's accuracy vs gold (ceiling) | accuracy vs panel | ECE | "
-            "ECE after temperature scaling | T | reward-length correlation |",
-            "|---|---|---|---|---|---|---|",
+            "| accuracy vs gold | panel's accuracy vs gold (ceiling) | panel's expected accuracy vs gold | "
+            "accuracy vs panel | ECE | ECE after temperature scaling | T | reward-length correlation |",
+            "|---|---|---|---|---|---|---|---|",
             f"| {_fmt(rm.get('accuracy_vs_gold'))} | {_fmt(rm.get('panel_accuracy_vs_gold'))} | "
+            f"{_fmt(rm.get('panel_accuracy_vs_gold_expected'))} | "
             f"{_fmt(rm.get('accuracy_vs_panel'))} | {_fmt(rm.get('ece'))} | {_fmt(rm.get('ece_calibrated'))} | "
             f"{_fmt(rm.get('temperature'))} | {_fmt(rm.get('length_correlation'))} |",
             "",
