@@ -45,7 +45,8 @@ def methods_table(methods: dict[str, dict]) -> str:
              "|---|" + "---|" * len(used)]
     for name, entry in methods.items():
         cells = [_fmt(entry.get(k), entry.get(f"{k}_ci")) for k, _ in used]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = f"{name} ({entry['variant']})" if entry.get("variant") else name  # e.g. "grpo (Dr. GRPO, …)"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
