@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -68,6 +68,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
+LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_sum_norm"]
 LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
 
 

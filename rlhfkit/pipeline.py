@@ -19,7 +19,7 @@ import importlib
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,6 @@ class DemoConfig:
         """The --quick version: same stages, a fraction of the work."""
         if not self.quick:
             return self
-        from dataclasses import replace
-
         return replace(
             self, n_pretrain_docs=3000, n_sft=800, n_pref_prompts=60, n_rm_eval_prompts=48, n_rl_prompts=64,
             n_eval_prompts=48,
@@ -232,8 +230,6 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     from rlhfkit.models.tiny import create_tiny_model
     from rlhfkit.tasks import FactsTask
     from rlhfkit.train.sft import PretrainConfig, SFTConfig, run_pretrain, run_sft
-
-    from dataclasses import replace
 
     config = config.scaled()
     # auto -> bf16 or fp32 once, said in the log; every stage then gets the explicit choice

@@ -111,3 +111,18 @@ def test_policy_forward_hidden_states_are_the_decoders(batch):
         full = policy(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                       output_hidden_states=True)
     assert torch.allclose(out.hidden, full.hidden_states[-1], atol=1e-6)
+
+
+def test_a_classifier_without_a_score_head_is_scored_by_its_own_forward():
+    # DistilBERT has no `score` head and its forward takes no position_ids: the fallback path must
+    # call it as it is (it raised TypeError when position ids were passed)
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                                                 hidden_dim=32, num_labels=1)).eval()
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    with torch.no_grad():
+        scores = last_token_scores(model, ids, mask)
+        assert torch.allclose(scores, model(input_ids=ids, attention_mask=mask).logits[:, 0])

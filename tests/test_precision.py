@@ -62,3 +62,12 @@ def test_start_run_resolves_auto_and_records_what_ran(cpu_without_bf16, tmp_path
     common.start_run(config)
     assert config.precision == "fp32"
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["precision"] == "fp32"
+
+
+def test_auto_is_fp32_on_a_gpu_that_only_emulates_bf16(monkeypatch):
+    # torch.cuda.is_bf16_supported() counts emulation by default (a V100 or T4 says True): auto must ask
+    # for native support only
+    monkeypatch.setattr(P.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(P.torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    monkeypatch.setattr(P.torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert P.resolve_precision("auto") == "fp32"

@@ -165,9 +165,10 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """
     index = last_token_index(attention_mask)  # (B,)
     backbone, head = backbone_and_score(model)
-    if backbone is None:  # an unusual classifier: its own pooling (the pad-token search) decides
-        logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                       position_ids=position_ids(attention_mask)).logits  # (B, 1)
+    if backbone is None:  # an unusual classifier: its own pooling (the pad-token search) decides; no
+        # position ids either, since encoders count positions their own way (RoBERTa from padding_idx + 1)
+        # and some take none (DistilBERT)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, 1)
         return logits[:, 0].float()
     hidden = hidden_states(backbone, input_ids, attention_mask)  # (B, T, H)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, H)

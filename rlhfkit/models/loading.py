@@ -77,7 +77,8 @@ def disable_dropout(model) -> None:
     Why (Huang et al. 2024; TRL's ``disable_dropout=True``): a preference or RL loss compares the
     policy's log-probs with a reference's or with the rollout's. With dropout on in training mode
     those differ even when the weights are equal, so DPO's implicit rewards are noise at step 0 and
-    PPO's first ratio is not 1."""
+    PPO's first ratio is not 1. LoRA's own dropout (``lora.dropout``) is an ``nn.Dropout`` too and is
+    switched off with the rest, as in TRL; set ``disable_dropout=false`` to keep it."""
     import torch
 
     for module in model.modules():

@@ -25,7 +25,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def cpu_native_bf16() -> bool:
     """oneDNN's own answer: does this CPU have bf16 instructions (AVX512-BF16 or AMX)?"""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN's probe: assume emulation
+        return False
 
 
 def native_bf16(device: str | torch.device | None = None) -> tuple[bool, str]:
@@ -33,7 +36,7 @@ def native_bf16(device: str | torch.device | None = None) -> tuple[bool, str]:
     CUDA when available, else the CPU."""
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):  # Ampere and newer
             return True, f"the GPU ({torch.cuda.get_device_name()}) supports bf16"
         return False, f"the GPU ({torch.cuda.get_device_name()}) has no bf16 support"
     if kind == "cpu":

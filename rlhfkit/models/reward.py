@@ -14,8 +14,8 @@ user adds ``config.rlhfkit_reward_bias`` to the logit.)
 Calibration (temperature scaling, Guo et al. 2017): ``rlhfkit_reward_temperature`` = T, fitted on
 held-out pairs after training (:func:`rlhfkit.evaluate.metrics.fit_temperature`), sits next to the
 bias in ``config.json`` (in ``ensemble.json`` for an ensemble, as T belongs to the members' mean).
-It changes only :meth:`RewardScorer.prefer_prob`, P(a ≻ b) = σ((r_a − r_b) / T), which the reward-model
-judge uses; :meth:`RewardScorer.score` stays the raw (bias-normalised) reward that PPO, GRPO and RLOO
+It changes only calibrated probabilities: :meth:`RewardScorer.prefer_prob`, P(a ≻ b) = σ((r_a − r_b) / T),
+and the reward-model judge, which divides its margins by the same ``temperature``; :meth:`RewardScorer.score` stays the raw (bias-normalised) reward that PPO, GRPO and RLOO
 optimise, so a stored T never changes a policy's training signal. A folder without the key has T = 1.
 """
 

@@ -25,12 +25,12 @@ import torch
 from rlhfkit.config import require
 from rlhfkit.losses import grpo_policy_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
-from rlhfkit.ops import group_advantages, kl_estimate, rloo_advantages
+from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate, rloo_advantages
 from rlhfkit.rewards import PythonRewardSource, build_reward_source
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train import common
-from rlhfkit.train.rl_common import (ActorCritic, LossAggregation, Reference, RLConfig, RunState, collect,
-                                     load_prompts, objective_metrics, optimise)
+from rlhfkit.train.rl_common import (ActorCritic, Reference, RLConfig, RunState, collect, load_prompts,
+                                     objective_metrics, optimise)
 
 
 @dataclass
@@ -129,7 +129,7 @@ def _run(config: GroupConfig, name: str, *, resume: bool, reward_fns: Sequence[C
     tokenizer = load_tokenizer(config.model)
     prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
     policy = load_causal_lm(config.model, lora=config.lora).to(device)
-    actor = ActorCritic(policy, no_dropout=config.disable_dropout)
+    actor = ActorCritic(policy, disable_dropout=config.disable_dropout)
     reference = Reference(policy, config.model)
     reward = build_reward_source(config.reward, extra=reward_fns, device=device)
     if gold_fn is None and config.gold_function:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 from rlhfkit.config import require
 from rlhfkit.models.loading import LoraSettings
 from rlhfkit.models.precision import Precision

@@ -163,7 +163,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
     prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
     policy = load_causal_lm(config.model, lora=config.lora).to(device)
     critic, value_head = build_value(config, policy)
-    actor = ActorCritic(policy, critic=critic, value_head=value_head, no_dropout=config.disable_dropout)
+    actor = ActorCritic(policy, critic=critic, value_head=value_head, disable_dropout=config.disable_dropout)
     reference = Reference(policy, config.model)
     reward = build_reward_source(config.reward, extra=reward_fns, device=device)
     if gold_fn is None and config.gold_function:

@@ -38,7 +38,6 @@ from rlhfkit.data.tokenize import TruncationStats
 from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preference_stats, kto_loss,
                             kto_reference_point, orpo_loss, simpo_loss)
 from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
-from rlhfkit.models.precision import Precision
 from rlhfkit.ops import masked_mean
 from rlhfkit.train import common
 from rlhfkit.train import preference_data as D
@@ -71,8 +70,6 @@ class PreferenceConfig(TrainConfig):
     """preference pairs (KTO: examples) per micro-batch"""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-6, warmup_ratio=0.1))
     """optimiser and schedule"""
-    precision: Precision = "auto"
-    """bf16 autocast (training and the reference pass), fp32, or auto (bf16 where the hardware runs it natively)"""
     seed: int = 0
     """seed of the data order, the held-out split and KTO's mismatched pairs"""
     ties: Literal["skip", "soft"] = "skip"

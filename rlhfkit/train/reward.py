@@ -91,7 +91,8 @@ def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) 
             pairs = [(0, 1, float(record.get("label_prob", 1.0) if record.get("label_prob") is not None else 1.0))]
             margin = record.get("margin")
             if margin is not None and record.get("label_prob") is not None:
-                raise DataError(source, line, "margin", "cannot be combined with label_prob in one record")
+                how = " (margin_from_scores=true made it from score_chosen - score_rejected)" if config.margin_from_scores else ""
+                raise DataError(source, line, "margin", f"cannot be combined with label_prob in one record{how}")
         if not pairs:
             continue  # a ranking whose responses are all tied, with ties="skip": nothing to learn
         seqs = []

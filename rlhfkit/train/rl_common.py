@@ -25,9 +25,10 @@ from rlhfkit.config import require
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.forward import policy_forward, sequence_logprobs, token_values
+from rlhfkit.models import loading as models_loading
 from rlhfkit.models.loading import LoraSettings, disable_dropout, is_peft, load_causal_lm
 from rlhfkit.models.precision import Precision
-from rlhfkit.ops import LOSS_AGGREGATIONS, masked_var
+from rlhfkit.ops import LOSS_AGGREGATIONS, LossAggregation, masked_var
 from rlhfkit.rewards import RewardSettings, RewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import decode_responses
@@ -35,8 +36,6 @@ from rlhfkit.train import common
 from rlhfkit.train.options import OptimConfig
 
 log = logging.getLogger("rlhfkit")
-
-LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_sum_norm"]
 
 
 @dataclass
@@ -162,13 +161,14 @@ class ActorCritic:
     critic (initialised from a reward model, Ouyang et al. 2022 §3.5) or a linear value head on the
     policy's last hidden state (one shared backbone, as in Ziegler et al. 2019's head variant)."""
 
-    def __init__(self, policy, *, critic=None, value_head: torch.nn.Linear | None = None, no_dropout: bool = True):
+    def __init__(self, policy, *, critic=None, value_head: torch.nn.Linear | None = None,
+                 disable_dropout: bool = True):
         if critic is not None and value_head is not None:
             raise ValueError("ActorCritic takes a critic or a value head, not both")
         self.policy, self.critic, self.value_head = policy, critic, value_head
-        if no_dropout:
+        if disable_dropout:
             for module in self.modules().values():
-                disable_dropout(module)
+                models_loading.disable_dropout(module)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         found = {"policy": self.policy, "critic": self.critic, "value_head": self.value_head}
