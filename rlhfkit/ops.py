@@ -9,7 +9,7 @@ stateful helpers a loop checkpoints: ``FixedKLController``, ``AdaptiveKLControll
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -178,15 +178,18 @@ class EosTruncation(NamedTuple):
     """(B,) bool, True where the row contains an EOS (False: the response was cut at max length)"""
 
 
-def truncate_after_eos(ids: Tensor, *, eos_token_id: int, pad_token_id: int) -> EosTruncation:
+def truncate_after_eos(ids: Tensor, *, eos_token_id: int | Sequence[int], pad_token_id: int) -> EosTruncation:
     """Keep each row up to and including its first EOS; replace what follows by ``pad_token_id``.
+    ``eos_token_id`` may be several stop tokens (e.g. Gemma's ``<eos>`` and ``<end_of_turn>``, Llama-3's
+    ``<|end_of_text|>`` and ``<|eot_id|>``): the first of any of them ends the row.
 
     Shapes: ids (B, T) completion token ids (no prompt) → ``EosTruncation(ids (B, T),
     mask (B, T) long, has_eos (B,) bool)``. A row without EOS is kept whole (mask all 1) and
     flagged ``has_eos=False`` so the loop can penalise it (Huang et al. 2024, "N implementation
     details", the missing-EOS penalty). Works when pad and EOS share an id.
     """
-    is_eos = ids == eos_token_id  # (B, T)
+    stops = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=ids.device)
+    is_eos = torch.isin(ids, stops)  # (B, T)
     # number of EOS strictly before position t: 0 means "not yet past the first EOS"
     eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
     keep = eos_before == 0  # (B, T)

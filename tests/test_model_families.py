@@ -250,3 +250,24 @@ def test_group_method(family, model_dir, data, tmp_path, method):
     (m,) = rl_rows(out)
     assert m["policy/ratio_mean_first_minibatch"] == pytest.approx(1.0, abs=1e-6)
     assert AutoModelForCausalLM.from_pretrained(final).config.vocab_size == len(load_tokenizer(model_dir))
+
+
+@pytest.mark.slow
+def test_sampling_stops_at_every_stop_token_of_the_generation_config(tmp_path):
+    # Gemma's generation config lists <end_of_turn> beside <eos>; a rollout must end at either, and
+    # the decoded text must not carry it
+    from rlhfkit.models.loading import stop_token_ids
+    from rlhfkit.rollout.hf import decode_responses
+
+    model_dir = create_tiny_family("gemma", TEXTS, tmp_path / "gemma")
+    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
+    stops = stop_token_ids(model, tok)
+    end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn in stops and tok.eos_token_id in stops
+    # make <end_of_turn> the likeliest next token everywhere: every response is then that one token
+    with torch.no_grad():
+        model.get_output_embeddings().bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+        model.get_output_embeddings().bias[end_of_turn] = 50.0
+    rollout = HFGenerator(model, tok, SamplingConfig(max_new_tokens=6, batch_size=4)).generate([[tok.bos_token_id]] * 4)
+    assert rollout.has_eos.all() and rollout.response_mask.sum(1).tolist() == [1, 1, 1, 1]
+    assert decode_responses(tok, rollout) == [""] * 4

@@ -149,6 +149,27 @@ def test_truncate_after_eos_by_hand():
     assert torch.equal(ids2, out.ids) and torch.equal(mask2, out.mask) and torch.equal(has_eos2, out.has_eos)
 
 
+def test_truncate_after_any_of_several_stop_tokens():
+    # stop ids {2 (<eos>), 3 (<end_of_turn>)}: row 0 ends at its 3, row 1 at its 2, row 2 runs on
+    ids = torch.tensor([[5, 3, 7, 2], [5, 2, 3, 8], [5, 6, 7, 8]])
+    out = truncate_after_eos(ids, eos_token_id=[2, 3], pad_token_id=0)
+    assert out.ids.tolist() == [[5, 3, 0, 0], [5, 2, 0, 0], [5, 6, 7, 8]]
+    assert out.mask.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert out.has_eos.tolist() == [True, True, False]
+
+
+def test_stop_tokens_are_the_tokenizers_eos_and_the_generation_configs():
+    from types import SimpleNamespace
+
+    from rlhfkit.models.loading import stop_token_ids
+
+    tok = SimpleNamespace(eos_token_id=1)
+    gemma_like = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[1, 107]))
+    assert stop_token_ids(gemma_like, tok) == [1, 107]
+    assert stop_token_ids(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=1)), tok) == [1]
+    assert stop_token_ids(SimpleNamespace(), tok) == [1]
+
+
 def test_truncate_after_eos_when_pad_is_eos():
     # GPT-2 style pad == eos == 2: the first 2 is kept (mask 1), the following 2s are padding (mask 0)
     ids = torch.tensor([[4, 2, 2, 2], [4, 4, 4, 4]])

@@ -69,6 +69,16 @@ def load_causal_lm(path: str | Path, *, dtype: str = "float32", lora: LoraSettin
     return model
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS and every ``eos_token_id`` of the model's
+    generation config (chat models stop at an end-of-turn token that is not the tokenizer's EOS:
+    Gemma's ``<end_of_turn>``, Llama-3's ``<|eot_id|>`` beside ``<|end_of_text|>``)."""
+    found = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    found += configured if isinstance(configured, (list, tuple)) else [configured]
+    return list(dict.fromkeys(int(t) for t in found if t is not None))
+
+
 def disable_dropout(model) -> None:
     """p = 0 in every dropout layer, and in the attention dropout that HF attention modules keep as a
     float (Llama, Qwen2, Mistral apply it functionally, not through an ``nn.Dropout``). The model's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhfkit.data.tokenize import pad_batch
+from rlhfkit.models.loading import stop_token_ids
 from rlhfkit.ops import logprobs_from_logits, truncate_after_eos
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 
@@ -14,6 +15,7 @@ class HFGenerator:
 
     def __init__(self, model, tokenizer, sampling: SamplingConfig):
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+        self.stop_ids = stop_token_ids(model, tokenizer)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]]) -> Rollout:
@@ -31,13 +33,13 @@ class HFGenerator:
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=s.max_new_tokens,
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, use_cache=True,  # top_k=0: off (None = 50!)
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id,
             return_dict_in_generate=True, output_logits=True,
         )
         if was_training:
             self.model.train()
         response = out.sequences[:, ids.shape[1]:]  # (B, R)
-        cut = truncate_after_eos(response, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        cut = truncate_after_eos(response, eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id)
         # raw logits of each step, temperature-scaled like the training forward pass
         logits = torch.stack(out.logits, dim=1).float() / s.temperature  # (B, R, V)
         logprobs = logprobs_from_logits(logits, cut.ids) * cut.mask
@@ -68,9 +70,11 @@ def _concat(parts: list[Rollout], *, pad_token_id: int) -> Rollout:
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
-    """Response texts without EOS and padding."""
+    """Response texts without their stop token (whichever ended the row) and padding."""
     texts = []
-    for ids, mask in zip(rollout.response_ids, rollout.response_mask):
-        kept = [int(t) for t, m in zip(ids, mask) if m and int(t) != tokenizer.eos_token_id]
+    for ids, mask, has_eos in zip(rollout.response_ids, rollout.response_mask, rollout.has_eos):
+        kept = [int(t) for t, m in zip(ids, mask) if m]
+        if has_eos:
+            kept = kept[:-1]  # the mask ends at the first stop token
         texts.append(tokenizer.decode(kept, skip_special_tokens=True))
     return texts

@@ -29,7 +29,7 @@ from rlhfkit.data.tokenize import encode_prompt, pad_batch, render_prompt
 from rlhfkit.feedback.judges.base import (DEFAULT_CRITERION, BothOrdersJudge, JudgeTemplate, Prompt,
                                           two_choice_probability)
 from rlhfkit.models.forward import decoder_and_head, hidden_states, position_ids
-from rlhfkit.models.loading import model_label
+from rlhfkit.models.loading import model_label, stop_token_ids
 from rlhfkit.models.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ class LocalLMJudge(BothOrdersJudge):
         tok = self.tokenizer
         device = next(self.model.parameters()).device
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        stops = stop_token_ids(self.model, tok)
         was_training = self.model.training
         self.model.eval()
         out = [""] * len(seqs)
@@ -190,12 +191,13 @@ class LocalLMJudge(BothOrdersJudge):
             with self._autocast(device):
                 generated = self.model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                    max_new_tokens=self.cot_max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=pad,
+                    max_new_tokens=self.cot_max_new_tokens, eos_token_id=stops, pad_token_id=pad,
                     temperature=None, top_p=None, top_k=None)
             for row, i in enumerate(idx):
                 new = generated[row, ids.shape[1]:].tolist()
-                if tok.eos_token_id in new:
-                    new = new[: new.index(tok.eos_token_id)]
+                ends = [k for k, t in enumerate(new) if t in stops]
+                if ends:
+                    new = new[: ends[0]]
                 out[i] = tok.decode(new, skip_special_tokens=True)
         self.model.train(was_training)
         return out
