@@ -1,10 +1,12 @@
 """A real browser (Debian's chromium, driven by Playwright) labels with the keyboard only.
 
 Checks that the export holds exactly the labels given, that model output containing HTML and
-<script> shows as text, and saves the annotator-page screenshot used in docs/labeling.md.
+<script> shows as text, and takes the annotator-page screenshots (written to docs/img/ for the README
+and docs/labeling.md only with RLHFKIT_SCREENSHOTS=docs).
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,10 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ADMIN = "admin-token-for-tests-0123456789"
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "annotator.png"
+# the README's screenshots are refreshed only on request (RLHFKIT_SCREENSHOTS=docs), so a test run never
+# changes a tracked file; otherwise they go to a temporary folder
+SCREENSHOT = (Path(__file__).resolve().parents[1] / "docs" / "img" if os.environ.get("RLHFKIT_SCREENSHOTS") == "docs"
+              else Path(tempfile.mkdtemp(prefix="rlhfkit-screens-"))) / "annotator.png"
 XSS = '<script>alert("xss")</script><img src=x onerror="alert(1)"> and <b>bold</b>'
 
 PAIRS = [
