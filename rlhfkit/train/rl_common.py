@@ -26,7 +26,7 @@ from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.forward import policy_forward, sequence_logprobs, token_values
 from rlhfkit.models import loading as models_loading
-from rlhfkit.models.loading import LoraSettings, disable_dropout, is_peft, load_causal_lm
+from rlhfkit.models.loading import LoraSettings, is_peft, load_causal_lm
 from rlhfkit.models.precision import Precision
 from rlhfkit.ops import LOSS_AGGREGATIONS, LossAggregation, masked_var
 from rlhfkit.rewards import RewardSettings, RewardSource
@@ -210,7 +210,7 @@ class Reference:
         if not is_peft(policy):
             self.model = load_causal_lm(model_path).to(next(policy.parameters()).device)
             self.model.requires_grad_(False).eval()
-            disable_dropout(self.model)
+            models_loading.disable_dropout(self.model)
 
     @torch.no_grad()
     def logprobs(self, policy, input_ids, attention_mask, completion_mask, context_length: int, *,
