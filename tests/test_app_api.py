@@ -1,7 +1,8 @@
-"""API tests for the labeling app: every endpoint, and every refusal (401 / 403 / 404 / 409 / 4xx, never 500)."""
+"""API tests for the labeling app: every endpoint, and every refusal (401 / 403 / 404 / 409 / 4xx, never 500).
+
+Every test runs twice: on SQLite and on a real PostgreSQL server (the ``store`` fixture in conftest.py)."""
 
 import json
-import sqlite3
 import sys
 import types
 
@@ -9,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.feedback.app.server import create_app
-from rlhfkit.feedback.app.storage import SQLiteStorage
+from rlhfkit.feedback.app.testing import query
 
 ADMIN = "admin-token-for-tests-0123456789"
 
@@ -23,8 +24,8 @@ CANDIDATES = jsonl([{"prompt": f"prompt {i}", "responses": [f"a{i}", f"b{i}"]} f
 
 
 class App:
-    def __init__(self, tmp_path, scorer=None):
-        self.store = SQLiteStorage(tmp_path / "fb.sqlite")
+    def __init__(self, store, scorer=None):
+        self.store = store
         self.client = TestClient(create_app(self.store, admin_token=ADMIN, scorer=scorer))
 
     def call(self, method, path, token=None, body=None, expect=200):
@@ -48,16 +49,12 @@ class App:
 
 
 @pytest.fixture
-def app(tmp_path):
-    return App(tmp_path)
+def app(store):
+    return App(store)
 
 
 def submissions(app):
-    con = sqlite3.connect(app.store.path)
-    try:
-        return con.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]
-    finally:
-        con.close()
+    return query(app.store, "SELECT COUNT(*) AS n FROM submissions")[0]["n"]
 
 
 def test_pages_and_security_headers(app):
@@ -261,8 +258,8 @@ class LengthScorer:
         return [float(len(r)) for r in responses], None
 
 
-def test_active_learning_serves_most_uncertain_first(tmp_path):
-    app = App(tmp_path, scorer=LengthScorer())
+def test_active_learning_serves_most_uncertain_first(store):
+    app = App(store, scorer=LengthScorer())
     rows = [{"prompt": "sure", "responses": ["a", "aaaaaaaaaa"]}, {"prompt": "unsure", "responses": ["aaa", "bbb"]},
             {"prompt": "middle", "responses": ["aa", "bbb"]}]
     pid = app.project("al", candidates_jsonl=jsonl(rows))["id"]
@@ -275,8 +272,8 @@ def test_active_learning_serves_most_uncertain_first(tmp_path):
     assert app.call("POST", f"/api/admin/projects/{pid}/rescore", ADMIN) == {"scored": 3}
 
 
-def test_malformed_requests_get_a_4xx_never_a_500(tmp_path):
-    app = App(tmp_path)
+def test_malformed_requests_get_a_4xx_never_a_500(store):
+    app = App(store)
     app.client = TestClient(app.client.app, raise_server_exceptions=False)
     pid = app.project()["id"]
     tok = app.annotator(pid, "ann")

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rlhfkit.feedback.app import service
 from rlhfkit.feedback.app.active import Scorer
 from rlhfkit.feedback.app.items import InputError
-from rlhfkit.feedback.app.storage import Refused, SQLiteStorage
+from rlhfkit.feedback.app.storage import Refused, Storage
 
 STATIC = {"label.js": "text/javascript", "admin.js": "text/javascript", "style.css": "text/css"}
 HEADERS = {
@@ -92,7 +92,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None = None) -> FastAPI:
+def create_app(store: Storage, *, admin_token: str, scorer: Scorer | None = None) -> FastAPI:
     """The app. ``scorer`` (optional): a reward model that orders new projects' items, most uncertain first."""
     if len(admin_token) < 16:
         raise ValueError("the admin token must be at least 16 characters")
