@@ -3,6 +3,7 @@
     rlhfkit label create-project --db feedback.sqlite --name demo --candidates cands.jsonl --overlap 2
     rlhfkit label add-annotator  --db feedback.sqlite --project demo --name alice
     rlhfkit label serve          --db feedback.sqlite            # prints the admin and annotator links
+    rlhfkit label serve          --db postgresql://labels@dbhost/labels   # a team: a PostgreSQL server
     rlhfkit label stats          --db feedback.sqlite --project demo --output stats.json
     rlhfkit label export         --db feedback.sqlite --project demo --pairwise prefs.jsonl
 
@@ -23,7 +24,8 @@ from rlhfkit.feedback.app import service
 from rlhfkit.feedback.app.items import MODES, InputError
 from rlhfkit.feedback.app.storage import Refused, open_storage
 
-DB_HELP = "the feedback database: a SQLite file (made if missing) or sqlite:///path"
+DB_HELP = ("the feedback database: a SQLite file (made if missing), sqlite:///path, or a PostgreSQL server's "
+           "postgresql://user[:password]@host[:port]/dbname (the schema is created or upgraded on start)")
 
 
 def _scorer(model_dir: str | None):
@@ -92,7 +94,7 @@ def cmd_serve(args) -> int:
     base = f"http://{'[' + args.host + ']' if family == socket.AF_INET6 else args.host}:{port}"
     if not ipaddress.ip_address(socket.gethostbyname(args.host) if family == socket.AF_INET else args.host).is_loopback:
         print(f"warning: listening on {args.host} over plain HTTP: put it behind an HTTPS proxy", file=sys.stderr)
-    print(f"rlhfkit label: {args.db} on {base}")
+    print(f"rlhfkit label: {store.db.describe()} on {base}")
     print(f"  admin: {base}/admin#token={admin_token}")
     for project in store.projects():
         print(f"  project {project['id']} {project['name']!r} ({project['mode']}, {project['items']} items):")

@@ -134,13 +134,14 @@ class PostgresDatabase:
         except ImportError:
             raise Refused(501, "PostgreSQL needs psycopg 3 and psycopg_pool: pip install 'rlhfkit[postgres]'") from None
         self._psycopg, self.url = psycopg, url
+        try:  # one plain connection first: a wrong address or password fails now, with the server's reason
+            psycopg.connect(url, connect_timeout=max(1, int(timeout_s))).close()
+        except psycopg.Error as err:
+            reason = " ".join(str(err).split())
+            raise Refused(503, f"cannot connect to {self.describe()}: {reason}") from None
         self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
                                    kwargs={"autocommit": True, "row_factory": dict_row}, name="rlhfkit-label")
-        try:
-            self.pool.open(wait=True, timeout=timeout_s)
-        except Exception as err:  # PoolTimeout: no server, wrong password, no such database ...
-            self.pool.close()
-            raise Refused(503, f"cannot connect to {self.describe()}: {err}") from None
+        self.pool.open(wait=True, timeout=timeout_s)
 
     def describe(self) -> str:
         """The URL without its password, for messages and logs."""
