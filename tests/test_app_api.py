@@ -69,7 +69,10 @@ def test_pages_and_security_headers(app):
     app.call("GET", "/static/secrets.txt", expect=404)
     app.call("GET", "/no/such/page", expect=404)
     assert app.call("GET", "/api/health") == {"ok": True}
-    assert "innerHTML" not in app.client.get("/static/label.js").text  # model output is set as text only
+    # model output reaches the DOM as text, or as the server's sanitised HTML in exactly one place
+    script = app.client.get("/static/label.js").text
+    assert script.count("innerHTML") == 1 and "node.innerHTML = html;" in script
+    assert "innerHTML" not in app.client.get("/static/admin.js").text
 
 
 def test_admin_endpoints_refuse_everyone_but_the_admin(app):
@@ -154,7 +157,8 @@ def test_label_flow_idempotency_and_undo(app):
     assert me["annotator"] == "alice" and me["project"]["guidelines"] == "Be kind."
     assert me["progress"] == {"done": 0, "skipped": 0, "left": 5}
     first = app.call("GET", "/api/next", alice)["assignment"]
-    assert set(first) == {"id", "status", "prompt", "responses"}  # never the gold answer
+    assert set(first) == {"id", "status", "prompt", "responses", "html"}  # never the gold answer
+    assert first["html"]["responses"] == [f"<p>{r}</p>\n" for r in first["responses"]]
     assert app.call("GET", "/api/next", alice)["assignment"]["id"] == first["id"]  # same pending item
     assert app.call("GET", f"/api/assignments/{first['id']}", alice)["prompt"] == first["prompt"]
 
@@ -184,6 +188,18 @@ def test_label_flow_idempotency_and_undo(app):
     app.label(alice, second["id"], key="k4", choice="A", strength=3)
     assert [(lab["ranking"], lab["strength"]) for lab in app.store.labels(pid)] == [([1, 0], 2), ([0, 1], 3)]
     assert app.call("GET", "/api/me", alice)["progress"] == {"done": 2, "skipped": 0, "left": 3}
+
+
+def test_hostile_markdown_is_served_inert(app):
+    rows = [{"prompt": [{"role": "user", "content": "Say <script>alert(1)</script>"}],
+             "responses": ['<img src=x onerror="alert(1)">', "[run](javascript:alert(1))\n\n```\n<b>x</b>\n```"]}]
+    pid = app.project("md", candidates_jsonl=jsonl(rows))["id"]
+    item = app.call("GET", "/api/next", app.annotator(pid, "ann"))["assignment"]
+    assert item["html"] == {
+        "prompt": [{"role": "user", "html": "<p>Say &lt;script&gt;alert(1)&lt;/script&gt;</p>\n"}],
+        "responses": ['<p>&lt;img src=x onerror="alert(1)"&gt;</p>\n',
+                      "<p>[run](javascript:alert(1))</p>\n<pre><code>&lt;b&gt;x&lt;/b&gt;\n</code></pre>\n"]}
+    assert item["responses"][0] == '<img src=x onerror="alert(1)">'  # the raw text, for the raw-text toggle
 
 
 def test_skip_and_nothing_to_undo(app):

@@ -164,6 +164,9 @@ def test_cli_register_help_stats_and_errors(tmp_path, capsys):
     assert main(["stats", "--db", str(db), "--project", "r", "--output", str(stats_file)]) == 0
     report = json.loads(stats_file.read_text())
     assert report["gold_accuracy"] == 1.0 and report["annotators"][0]["done"] == 1
+    printed = capsys.readouterr().out
+    assert "labels per hour" in printed and "s per item" in printed
+    assert report["annotators"][0]["timed_labels"] == 1 and len(report["annotators"][0]["daily"]) == 1
     rank_file = tmp_path / "rank.jsonl"
     assert main(["export", "--db", str(db), "--project", "1", "--ranking", str(rank_file)]) == 0
     assert json.loads(rank_file.read_text())["ranking"] == [2, 1, 0]

@@ -131,10 +131,17 @@ def cmd_stats(args) -> int:
           f"{p['items']} items; {report['units_with_overlap']} of {report['units']} units labeled by 2 or more")
     print(f"  Krippendorff's alpha: ordinal {report['alpha_ordinal']}, nominal {report['alpha_nominal']}; "
           f"gold accuracy {report['gold_accuracy']}")
+    b = report["budget"]
+    print(f"  budget: {b['hours']} h of labelling, {b['labels_per_hour']} labels per hour, "
+          f"median {b['median_seconds']} s per item")
     for a in report["annotators"]:
-        print(f"  {a['name']}: {a['done']} done, {a['skipped']} skipped; agrees with consensus "
+        print(f"  {a['name']}: {a['done']} done, {a['skipped']} skipped; {a['labels_per_hour']} labels per hour, "
+              f"median {a['median_seconds']} s per item; agrees with consensus "
               f"{a['consensus_agreement']} ({a['consensus_units']} units); gold {a['gold_accuracy']} "
               f"({a['gold_units']} units)")
+        for d in a.get("daily", []):
+            print(f"    {d['day']}: consensus {d['consensus_agreement']} ({d['consensus_units']}), "
+                  f"gold {d['gold_accuracy']} ({d['gold_units']})")
     for k in report["kappa"]:
         print(f"  kappa {k['annotators'][0]} / {k['annotators'][1]}: {k['kappa']} ({k['units']} shared units)")
     if args.output:
@@ -210,7 +217,8 @@ def _add_commands(sub) -> None:
     s.add_argument("--drop-ties", action="store_true", help="leave out pairs whose label_prob is exactly 0.5")
     s.set_defaults(func=_guarded(cmd_export))
 
-    s = sub.add_parser("stats", help="progress and agreement: Krippendorff's alpha, Cohen's kappa, gold accuracy")
+    s = sub.add_parser("stats", help="progress, agreement (Krippendorff's alpha, Cohen's kappa, gold accuracy; "
+                                     "per annotator and day) and the budget: labels per hour, seconds per item")
     s.add_argument("--db", required=True, help=DB_HELP)
     s.add_argument("--project", required=True, help="project id or name")
     s.add_argument("--output", help="also write the figures as JSON here")

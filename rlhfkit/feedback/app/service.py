@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rlhfkit.feedback.app.active import Scorer, priorities
 from rlhfkit.feedback.app.items import build_items, load_candidates, load_prompts, sample_candidates
-from rlhfkit.feedback.app.report import agreement_report, pairwise_records, ranking_records
+from rlhfkit.feedback.app.report import agreement_report, budget_report, pairwise_records, ranking_records
 from rlhfkit.feedback.app.storage import Refused, Storage
 
 
@@ -65,12 +65,16 @@ def export(store: Storage, project_ref: int | str, fmt: str, *, drop_ties: bool 
 
 
 def stats(store: Storage, project_ref: int | str) -> dict:
-    """Progress per annotator and the agreement figures of one project."""
+    """Progress per annotator, the agreement figures (overall and per day) and the labelling budget of one project."""
     project = store.project(project_ref)
     progress = store.annotator_progress(project["id"])
-    report = agreement_report(store.items(project["id"]), store.labels(project["id"]), [a["name"] for a in progress])
+    names = [a["name"] for a in progress]
+    labels = store.labels(project["id"])
+    report = agreement_report(store.items(project["id"]), labels, names)
+    budget = budget_report(labels, names)
+    report["budget"] = budget["team"]
     figures = {a["annotator"]: a for a in report.pop("annotators")}
-    report["annotators"] = [{**p, **figures.get(p["name"], {})} for p in progress]
+    report["annotators"] = [{**p, **budget["annotators"][p["name"]], **figures.get(p["name"], {})} for p in progress]
     for a in report["annotators"]:
         a.pop("annotator", None)
     return {"project": {k: project[k] for k in ("id", "name", "mode", "overlap", "strength_scale", "items",
