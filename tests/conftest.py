@@ -43,3 +43,41 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- the labeling app's two stores
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster for the whole session (initdb + pg_ctl on loopback); each test
+    that asks for it gets a database of its own. Skips only where no PostgreSQL binary exists."""
+    from rlhfkit.feedback.app.testing import postgres_bin_dir, throwaway_postgres
+
+    if postgres_bin_dir() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin: "
+                    "apt-get install postgresql to run the PostgreSQL store's tests")
+    with throwaway_postgres() as url:
+        yield url
+
+
+_databases = iter(range(1, 10**6))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The database URL of an empty store: a SQLite file, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fb.sqlite")
+    from rlhfkit.feedback.app.testing import create_database
+
+    return create_database(request.getfixturevalue("postgres_server"), f"test_{next(_databases)}")
+
+
+@pytest.fixture
+def store(store_url):
+    from rlhfkit.feedback.app.storage import open_storage
+
+    opened = open_storage(store_url)
+    yield opened
+    opened.close()

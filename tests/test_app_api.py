@@ -1,7 +1,8 @@
-"""API tests for the labeling app: every endpoint, and every refusal (401 / 403 / 404 / 409 / 4xx, never 500)."""
+"""API tests for the labeling app: every endpoint, and every refusal (401 / 403 / 404 / 409 / 4xx, never 500).
+
+Every test runs twice: on SQLite and on a real PostgreSQL server (the ``store`` fixture in conftest.py)."""
 
 import json
-import sqlite3
 import sys
 import types
 
@@ -9,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.feedback.app.server import create_app
-from rlhfkit.feedback.app.storage import SQLiteStorage
+from rlhfkit.feedback.app.testing import query
 
 ADMIN = "admin-token-for-tests-0123456789"
 
@@ -23,8 +24,8 @@ CANDIDATES = jsonl([{"prompt": f"prompt {i}", "responses": [f"a{i}", f"b{i}"]} f
 
 
 class App:
-    def __init__(self, tmp_path, scorer=None):
-        self.store = SQLiteStorage(tmp_path / "fb.sqlite")
+    def __init__(self, store, scorer=None):
+        self.store = store
         self.client = TestClient(create_app(self.store, admin_token=ADMIN, scorer=scorer))
 
     def call(self, method, path, token=None, body=None, expect=200):
@@ -48,16 +49,12 @@ class App:
 
 
 @pytest.fixture
-def app(tmp_path):
-    return App(tmp_path)
+def app(store):
+    return App(store)
 
 
 def submissions(app):
-    con = sqlite3.connect(app.store.path)
-    try:
-        return con.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]
-    finally:
-        con.close()
+    return query(app.store, "SELECT COUNT(*) AS n FROM submissions")[0]["n"]
 
 
 def test_pages_and_security_headers(app):
@@ -72,7 +69,10 @@ def test_pages_and_security_headers(app):
     app.call("GET", "/static/secrets.txt", expect=404)
     app.call("GET", "/no/such/page", expect=404)
     assert app.call("GET", "/api/health") == {"ok": True}
-    assert "innerHTML" not in app.client.get("/static/label.js").text  # model output is set as text only
+    # model output reaches the DOM as text, or as the server's sanitised HTML in exactly one place
+    script = app.client.get("/static/label.js").text
+    assert script.count("innerHTML") == 1 and "node.innerHTML = html;" in script
+    assert "innerHTML" not in app.client.get("/static/admin.js").text
 
 
 def test_admin_endpoints_refuse_everyone_but_the_admin(app):
@@ -157,7 +157,8 @@ def test_label_flow_idempotency_and_undo(app):
     assert me["annotator"] == "alice" and me["project"]["guidelines"] == "Be kind."
     assert me["progress"] == {"done": 0, "skipped": 0, "left": 5}
     first = app.call("GET", "/api/next", alice)["assignment"]
-    assert set(first) == {"id", "status", "prompt", "responses"}  # never the gold answer
+    assert set(first) == {"id", "status", "prompt", "responses", "html"}  # never the gold answer
+    assert first["html"]["responses"] == [f"<p>{r}</p>\n" for r in first["responses"]]
     assert app.call("GET", "/api/next", alice)["assignment"]["id"] == first["id"]  # same pending item
     assert app.call("GET", f"/api/assignments/{first['id']}", alice)["prompt"] == first["prompt"]
 
@@ -187,6 +188,18 @@ def test_label_flow_idempotency_and_undo(app):
     app.label(alice, second["id"], key="k4", choice="A", strength=3)
     assert [(lab["ranking"], lab["strength"]) for lab in app.store.labels(pid)] == [([1, 0], 2), ([0, 1], 3)]
     assert app.call("GET", "/api/me", alice)["progress"] == {"done": 2, "skipped": 0, "left": 3}
+
+
+def test_hostile_markdown_is_served_inert(app):
+    rows = [{"prompt": [{"role": "user", "content": "Say <script>alert(1)</script>"}],
+             "responses": ['<img src=x onerror="alert(1)">', "[run](javascript:alert(1))\n\n```\n<b>x</b>\n```"]}]
+    pid = app.project("md", candidates_jsonl=jsonl(rows))["id"]
+    item = app.call("GET", "/api/next", app.annotator(pid, "ann"))["assignment"]
+    assert item["html"] == {
+        "prompt": [{"role": "user", "html": "<p>Say &lt;script&gt;alert(1)&lt;/script&gt;</p>\n"}],
+        "responses": ['<p>&lt;img src=x onerror="alert(1)"&gt;</p>\n',
+                      "<p>[run](javascript:alert(1))</p>\n<pre><code>&lt;b&gt;x&lt;/b&gt;\n</code></pre>\n"]}
+    assert item["responses"][0] == '<img src=x onerror="alert(1)">'  # the raw text, for the raw-text toggle
 
 
 def test_skip_and_nothing_to_undo(app):
@@ -261,8 +274,8 @@ class LengthScorer:
         return [float(len(r)) for r in responses], None
 
 
-def test_active_learning_serves_most_uncertain_first(tmp_path):
-    app = App(tmp_path, scorer=LengthScorer())
+def test_active_learning_serves_most_uncertain_first(store):
+    app = App(store, scorer=LengthScorer())
     rows = [{"prompt": "sure", "responses": ["a", "aaaaaaaaaa"]}, {"prompt": "unsure", "responses": ["aaa", "bbb"]},
             {"prompt": "middle", "responses": ["aa", "bbb"]}]
     pid = app.project("al", candidates_jsonl=jsonl(rows))["id"]
@@ -275,8 +288,8 @@ def test_active_learning_serves_most_uncertain_first(tmp_path):
     assert app.call("POST", f"/api/admin/projects/{pid}/rescore", ADMIN) == {"scored": 3}
 
 
-def test_malformed_requests_get_a_4xx_never_a_500(tmp_path):
-    app = App(tmp_path)
+def test_malformed_requests_get_a_4xx_never_a_500(store):
+    app = App(store)
     app.client = TestClient(app.client.app, raise_server_exceptions=False)
     pid = app.project()["id"]
     tok = app.annotator(pid, "ann")

@@ -1,8 +1,9 @@
-"""A real browser (Debian's chromium, driven by Playwright) labels with the keyboard only.
+"""A real browser (Debian's chromium, driven by Playwright) labels with the keyboard only, and by touch on a phone.
 
 Checks that the export holds exactly the labels given, that model output containing HTML and
-<script> shows as text, and takes the annotator-page screenshots (written to docs/img/ for the README
-and docs/labeling.md only with RLHFKIT_SCREENSHOTS=docs).
+<script> shows as text, that markdown is rendered (and the raw text one key away), that nothing
+overflows sideways at 390 px and 1280 px, and takes the annotator-page screenshots (written to
+docs/img/ for the README and docs/labeling.md only with RLHFKIT_SCREENSHOTS=docs).
 """
 
 import os
@@ -38,6 +39,13 @@ PAIRS = [
     ("Reply with the HTML you would use for a heading.", XSS, "Use an <h1> element: <h1>Title</h1>"),
     ("asdf qwer", "I am not sure what you mean.", "Could you rephrase?"),
 ]
+MARKDOWN = ("## Steps\n\n1. Measure the **flour**.\n2. Mix it with *water*.\n\n| ingredient | grams |\n|---|---|\n"
+            "| flour | 500 |\n| water | 350 |\n\n```python\nrecipe = {'flour': 500, 'water': 350, 'salt': 10, "
+            "'yeast': 7, 'time_hours': 12}  # a long line that scrolls inside its block\n```\n"
+            "See [the method](javascript:alert(1)) or ![a photo](https://example.com/bread.jpg).")
+CHAT = [{"role": "system", "content": "You are a baker."}, {"role": "user", "content": "How do I make bread?"},
+        {"role": "assistant", "content": "Do you want a quick bread or a sourdough?"},
+        {"role": "user", "content": "A simple *yeasted* loaf, please."}]
 GUIDELINES = "Prefer the response that is correct, then helpful, then concise.\nNever reward made-up facts."
 
 
@@ -92,8 +100,6 @@ def test_keyboard_labeling_export_and_escaping(tmp_path):
         expect(page.locator(".scale button.on")).to_have_text("much")
         expect(page.locator("#counts")).to_have_text("2 done · 0 skipped · 3 left")
         expect(page.locator("#toast")).not_to_have_class("show")  # let the "Saved" toast fade
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
         key("Enter")
 
         expect(prompt).to_have_text(PAIRS[3][0])  # untrusted output shows as text, nothing runs
@@ -121,6 +127,7 @@ def test_keyboard_labeling_export_and_escaping(tmp_path):
         for k in ("3", "ArrowUp", "ArrowUp", "4", "="):
             key(k)
         expect(page.locator(".ranking")).to_have_text("bestC>A>B=Dworst")
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT.with_name("ranking.png")))
         key("Enter")
         expect(page.locator("#finished")).to_be_visible()
@@ -165,3 +172,83 @@ def test_admin_page_shows_progress_and_links(tmp_path):
         page.click("#add-annotator button")
         expect(page.locator("#annotators tr")).to_have_count(2)
         browser.close()
+
+
+def no_sideways_overflow(page):
+    return page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+
+
+@pytest.mark.browser
+def test_markdown_conversations_and_phone_layout(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    store = SQLiteStorage(tmp_path / "fb.sqlite")
+    long_answer = "Knead it for ten minutes.\n\n" + "\n\n".join(f"Step {i}: wait and fold." for i in range(40))
+    project = store.create_project("bread", mode="pairwise", items=[
+        {"prompt": CHAT, "responses": [MARKDOWN + "\n\n" + "\n\n".join(f"Note {i}." for i in range(20)), long_answer]},
+        {"prompt": "Second item", "responses": ["x", "y"]}], guidelines="Prefer **correct** answers.")
+    ann = store.add_annotator(project["id"], "alice")
+    problems = []
+    with running_server(store, admin_token=ADMIN) as base, sync_playwright() as pw:
+        browser = launch(pw)
+        desktop = browser.new_page(viewport={"width": 1280, "height": 800})
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                 device_scale_factor=2)
+        for page in (desktop, phone):
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+            page.goto(f"{base}/label#token={ann['token']}")
+            expect(page.locator("#prompt-text .msg")).to_have_count(4)  # a conversation, one bubble per message
+        page = desktop
+        expect(page.locator("#prompt-text .msg.role-user")).to_have_count(2)
+        first = page.locator(".response .text").first
+        expect(first.locator("h2")).to_have_text("Steps")
+        expect(first.locator("ol li")).to_have_count(2)
+        expect(first.locator("table td").first).to_have_text("flour")
+        expect(first.locator("pre code")).to_contain_text("recipe = {")
+        assert page.locator("#responses img, #responses script, #responses [href^='javascript']").count() == 0
+        assert no_sideways_overflow(page)
+        page.screenshot(path=str(SCREENSHOT))
+        pre = first.locator("pre")
+        assert pre.evaluate("e => getComputedStyle(e).overflowX") == "auto"
+        assert pre.evaluate("e => e.scrollWidth > e.clientWidth")  # the long code line scrolls in its block
+        # the long response scrolls inside its card; "scroll together" moves the other card too
+        second = page.locator(".response .text").nth(1)
+        assert second.evaluate("e => e.scrollHeight > e.clientHeight + 100")
+        page.click("#btn-together")
+        second.evaluate("e => { e.scrollTop = e.scrollHeight; }")
+        page.wait_for_function("() => document.querySelectorAll('.response .text')[0].scrollTop > 0")
+        page.keyboard.press("r")  # raw text: the markdown as sent
+        expect(first).to_contain_text(MARKDOWN)
+        expect(page.locator("#btn-raw")).to_have_class("on")
+        page.keyboard.press("r")
+        expect(first.locator("h2")).to_have_text("Steps")
+        assert no_sideways_overflow(page)
+
+        # the phone: the header fits, every action is a button big enough to tap
+        page = phone
+        expect(page.locator("#counts")).to_have_text("0 done · 0 skipped · 2 left")
+        for button in ("#btn-guide", "#btn-undo", "#btn-skip"):
+            box = page.locator(button).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] >= 44, (button, box)
+        assert no_sideways_overflow(page)
+        page.screenshot(path=str(SCREENSHOT.with_name("annotator-phone.png")))
+        page.locator(".choices button", has_text="B is better").tap()
+        page.locator("#controls button.primary").tap()
+        expect(page.locator("#counts")).to_have_text("1 done · 0 skipped · 1 left")
+        page.locator("#btn-skip").tap()
+        page.locator("#skip-reasons button").first.tap()
+        page.locator("#skip-send").tap()
+        expect(page.locator("#finished")).to_be_visible()
+        page.locator("#btn-guide").tap()
+        expect(page.locator("#guide-text strong")).to_have_text("correct")  # guidelines are markdown too
+        page.locator("#guide-close").tap()
+        expect(page.locator("#guide")).to_be_hidden()
+        assert no_sideways_overflow(page)
+        browser.close()
+    assert problems == []
+    (label,) = store.labels(project["id"])
+    assert label["ranking"] == [1, 0]
+    assert store.progress(ann) == {"done": 1, "skipped": 1, "left": 0}

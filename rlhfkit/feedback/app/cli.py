@@ -3,6 +3,7 @@
     rlhfkit label create-project --db feedback.sqlite --name demo --candidates cands.jsonl --overlap 2
     rlhfkit label add-annotator  --db feedback.sqlite --project demo --name alice
     rlhfkit label serve          --db feedback.sqlite            # prints the admin and annotator links
+    rlhfkit label serve          --db postgresql://labels@dbhost/labels   # a team: a PostgreSQL server
     rlhfkit label stats          --db feedback.sqlite --project demo --output stats.json
     rlhfkit label export         --db feedback.sqlite --project demo --pairwise prefs.jsonl
 
@@ -23,7 +24,8 @@ from rlhfkit.feedback.app import service
 from rlhfkit.feedback.app.items import MODES, InputError
 from rlhfkit.feedback.app.storage import Refused, open_storage
 
-DB_HELP = "the feedback database: a SQLite file (made if missing) or sqlite:///path"
+DB_HELP = ("the feedback database: a SQLite file (made if missing), sqlite:///path, or a PostgreSQL server's "
+           "postgresql://user[:password]@host[:port]/dbname (the schema is created or upgraded on start)")
 
 
 def _scorer(model_dir: str | None):
@@ -92,7 +94,7 @@ def cmd_serve(args) -> int:
     base = f"http://{'[' + args.host + ']' if family == socket.AF_INET6 else args.host}:{port}"
     if not ipaddress.ip_address(socket.gethostbyname(args.host) if family == socket.AF_INET else args.host).is_loopback:
         print(f"warning: listening on {args.host} over plain HTTP: put it behind an HTTPS proxy", file=sys.stderr)
-    print(f"rlhfkit label: {args.db} on {base}")
+    print(f"rlhfkit label: {store.db.describe()} on {base}")
     print(f"  admin: {base}/admin#token={admin_token}")
     for project in store.projects():
         print(f"  project {project['id']} {project['name']!r} ({project['mode']}, {project['items']} items):")
@@ -129,10 +131,17 @@ def cmd_stats(args) -> int:
           f"{p['items']} items; {report['units_with_overlap']} of {report['units']} units labeled by 2 or more")
     print(f"  Krippendorff's alpha: ordinal {report['alpha_ordinal']}, nominal {report['alpha_nominal']}; "
           f"gold accuracy {report['gold_accuracy']}")
+    b = report["budget"]
+    print(f"  budget: {b['hours']} h of labelling, {b['labels_per_hour']} labels per hour, "
+          f"median {b['median_seconds']} s per item")
     for a in report["annotators"]:
-        print(f"  {a['name']}: {a['done']} done, {a['skipped']} skipped; agrees with consensus "
+        print(f"  {a['name']}: {a['done']} done, {a['skipped']} skipped; {a['labels_per_hour']} labels per hour, "
+              f"median {a['median_seconds']} s per item; agrees with consensus "
               f"{a['consensus_agreement']} ({a['consensus_units']} units); gold {a['gold_accuracy']} "
               f"({a['gold_units']} units)")
+        for d in a.get("daily", []):
+            print(f"    {d['day']}: consensus {d['consensus_agreement']} ({d['consensus_units']}), "
+                  f"gold {d['gold_accuracy']} ({d['gold_units']})")
     for k in report["kappa"]:
         print(f"  kappa {k['annotators'][0]} / {k['annotators'][1]}: {k['kappa']} ({k['units']} shared units)")
     if args.output:
@@ -208,7 +217,8 @@ def _add_commands(sub) -> None:
     s.add_argument("--drop-ties", action="store_true", help="leave out pairs whose label_prob is exactly 0.5")
     s.set_defaults(func=_guarded(cmd_export))
 
-    s = sub.add_parser("stats", help="progress and agreement: Krippendorff's alpha, Cohen's kappa, gold accuracy")
+    s = sub.add_parser("stats", help="progress, agreement (Krippendorff's alpha, Cohen's kappa, gold accuracy; "
+                                     "per annotator and day) and the budget: labels per hour, seconds per item")
     s.add_argument("--db", required=True, help=DB_HELP)
     s.add_argument("--project", required=True, help="project id or name")
     s.add_argument("--output", help="also write the figures as JSON here")

@@ -5,7 +5,9 @@ fragment (``/label#token=...``), which browsers never send to the server, so tok
 access logs and Referer headers. Admin endpoints take only the admin token; annotator endpoints
 only an annotator's token, and an annotator reaches only their own assignments.
 
-Errors are JSON ``{"error": "..."}`` with a 4xx status that says what to fix.
+Errors are JSON ``{"error": "..."}`` with a 4xx status that says what to fix. Assignments carry their
+prompt and responses twice: as sent (shown by the raw-text toggle) and as sanitised HTML rendered
+from markdown (``render.py``); the CSP below would stop a script even if one slipped through.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rlhfkit.feedback.app import service
 from rlhfkit.feedback.app.active import Scorer
 from rlhfkit.feedback.app.items import InputError
-from rlhfkit.feedback.app.storage import Refused, SQLiteStorage
+from rlhfkit.feedback.app.render import render_assignment, render_markdown
+from rlhfkit.feedback.app.storage import Refused, Storage
 
 STATIC = {"label.js": "text/javascript", "admin.js": "text/javascript", "style.css": "text/css"}
 HEADERS = {
@@ -92,7 +95,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None = None) -> FastAPI:
+def create_app(store: Storage, *, admin_token: str, scorer: Scorer | None = None) -> FastAPI:
     """The app. ``scorer`` (optional): a reward model that orders new projects' items, most uncertain first."""
     if len(admin_token) < 16:
         raise ValueError("the admin token must be at least 16 characters")
@@ -187,16 +190,17 @@ def create_app(store: SQLiteStorage, *, admin_token: str, scorer: Scorer | None 
     @app.get("/api/me")
     def me(who: dict = Depends(annotator)):
         project = store.project(who["project_id"])
-        return {"annotator": who["name"], "progress": store.progress(who),
-                "project": {k: project[k] for k in ("name", "mode", "strength_scale", "guidelines")}}
+        shown = {k: project[k] for k in ("name", "mode", "strength_scale", "guidelines")}
+        shown["guidelines_html"] = render_markdown(project["guidelines"])
+        return {"annotator": who["name"], "progress": store.progress(who), "project": shown}
 
     @app.get("/api/next")
     def next_item(who: dict = Depends(annotator)):
-        return {"assignment": store.next_assignment(who), "progress": store.progress(who)}
+        return {"assignment": render_assignment(store.next_assignment(who)), "progress": store.progress(who)}
 
     @app.get("/api/assignments/{assignment_id}")
     def get_assignment(assignment_id: AssignmentId, who: dict = Depends(annotator)):
-        return store.assignment(who, assignment_id)
+        return render_assignment(store.assignment(who, assignment_id))
 
     @app.post("/api/assignments/{assignment_id}/label")
     def post_label(assignment_id: AssignmentId, body: LabelIn, who: dict = Depends(annotator)):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from rlhfkit.feedback.app.active import Scorer, priorities
 from rlhfkit.feedback.app.items import build_items, load_candidates, load_prompts, sample_candidates
-from rlhfkit.feedback.app.report import agreement_report, pairwise_records, ranking_records
-from rlhfkit.feedback.app.storage import Refused, SQLiteStorage
+from rlhfkit.feedback.app.report import agreement_report, budget_report, pairwise_records, ranking_records
+from rlhfkit.feedback.app.storage import Refused, Storage
 
 
-def create_project(store: SQLiteStorage, *, name: str, mode: str, candidates_jsonl: str | None = None,
+def create_project(store: Storage, *, name: str, mode: str, candidates_jsonl: str | None = None,
                    prompts_jsonl: str | None = None, policy_dir: str | None = None, k: int = 2,
                    max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0, source: str = "upload.jsonl",
                    overlap: int = 1, strength_scale: int = 0, guidelines: str = "",
@@ -47,14 +47,14 @@ def create_project(store: SQLiteStorage, *, name: str, mode: str, candidates_jso
     return project
 
 
-def rescore(store: SQLiteStorage, project_id: int, scorer: Scorer) -> int:
+def rescore(store: Storage, project_id: int, scorer: Scorer) -> int:
     """Recompute every item's priority with ``scorer``; returns the number of items scored."""
     items = store.items(project_id)
     store.set_priorities({item["id"]: p for item, p in zip(items, priorities(scorer, items))})
     return len(items)
 
 
-def export(store: SQLiteStorage, project_ref: int | str, fmt: str, *, drop_ties: bool = False) -> list[dict]:
+def export(store: Storage, project_ref: int | str, fmt: str, *, drop_ties: bool = False) -> list[dict]:
     project = store.project(project_ref)
     items, labels = store.items(project["id"]), store.labels(project["id"])
     if fmt == "pairwise":
@@ -64,13 +64,17 @@ def export(store: SQLiteStorage, project_ref: int | str, fmt: str, *, drop_ties:
     raise Refused(422, "format: must be 'pairwise' or 'ranking'")
 
 
-def stats(store: SQLiteStorage, project_ref: int | str) -> dict:
-    """Progress per annotator and the agreement figures of one project."""
+def stats(store: Storage, project_ref: int | str) -> dict:
+    """Progress per annotator, the agreement figures (overall and per day) and the labelling budget of one project."""
     project = store.project(project_ref)
     progress = store.annotator_progress(project["id"])
-    report = agreement_report(store.items(project["id"]), store.labels(project["id"]), [a["name"] for a in progress])
+    names = [a["name"] for a in progress]
+    labels = store.labels(project["id"])
+    report = agreement_report(store.items(project["id"]), labels, names)
+    budget = budget_report(labels, names)
+    report["budget"] = budget["team"]
     figures = {a["annotator"]: a for a in report.pop("annotators")}
-    report["annotators"] = [{**p, **figures.get(p["name"], {})} for p in progress]
+    report["annotators"] = [{**p, **budget["annotators"][p["name"]], **figures.get(p["name"], {})} for p in progress]
     for a in report["annotators"]:
         a.pop("annotator", None)
     return {"project": {k: project[k] for k in ("id", "name", "mode", "overlap", "strength_scale", "items",

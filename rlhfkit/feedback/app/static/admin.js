@@ -31,6 +31,7 @@ async function api(method, path, body, raw) {
 }
 
 const fmt = (x) => (x === null || x === undefined ? "—" : typeof x === "number" ? x.toFixed(3) : x);
+const fmt1 = (x) => (x === null || x === undefined ? "—" : x.toFixed(1));
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "—");
 
 async function loadProjects() {
@@ -51,7 +52,8 @@ async function loadDetail() {
   $("detail-title").textContent = `${project.name} · ${project.mode} · overlap ${project.overlap}`;
   const figures = [["labels", stats.labels], ["items labeled", `${stats.items_labeled} / ${project.items}`],
     ["Krippendorff α (ordinal)", fmt(stats.alpha_ordinal)], ["α (nominal)", fmt(stats.alpha_nominal)],
-    ["gold accuracy", fmt(stats.gold_accuracy)]];
+    ["gold accuracy", fmt(stats.gold_accuracy)], ["labels per hour", fmt1(stats.budget.labels_per_hour)],
+    ["median s per item", fmt1(stats.budget.median_seconds)]];
   $("figures").replaceChildren(...figures.map(([name, value]) => {
     const box = el("div");
     box.append(el("div", "figure", value), el("div", "hint", name));
@@ -61,6 +63,10 @@ async function loadDetail() {
   $("annotators").replaceChildren(...stats.annotators.map((a) => row([a.name, a.done, a.skipped, a.pending,
     `${fmt(a.consensus_agreement)} (${a.consensus_units})`, `${fmt(a.gold_accuracy)} (${a.gold_units})`,
     when(a.last_active), el("span", "mono", links[a.name])])));
+  $("budget").replaceChildren(...stats.annotators.map((a) => row([a.name, a.timed_labels, fmt(a.hours),
+    fmt1(a.labels_per_hour), fmt1(a.median_seconds)])));
+  $("daily").replaceChildren(...stats.annotators.flatMap((a) => a.daily.map((d) => row([a.name, d.day,
+    `${fmt(d.consensus_agreement)} (${d.consensus_units})`, `${fmt(d.gold_accuracy)} (${d.gold_units})`]))));
   $("kappa").replaceChildren(...stats.kappa.map((k) => row([k.annotators.join(" · "), k.units, fmt(k.kappa)])));
 }
 

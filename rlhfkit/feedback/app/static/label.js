@@ -1,5 +1,6 @@
-// rlhfkit annotator page. Prompts and responses are untrusted model output: they are only ever
-// written with textContent, never parsed as HTML.
+// rlhfkit annotator page. Prompts and responses are untrusted model output: the raw view writes them
+// with textContent; the rendered view takes the HTML the server made from their markdown and
+// sanitised (render.py) -- showHTML below is the one place that sets HTML.
 "use strict";
 
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -13,6 +14,8 @@ let current = null;   // the assignment on screen: {id, prompt, responses}
 let state = null;     // what the annotator has chosen for it so far
 let busy = false;     // one request at a time: a double key press sends once
 let skipChoice = 0;
+let raw = false;      // show the text as sent instead of rendered markdown
+let together = false; // the response cards scroll together
 
 function newKey() {
   const bytes = new Uint8Array(16);
@@ -37,14 +40,49 @@ async function api(method, path, body) {
   return data;
 }
 
-function renderText(node, value) {  // a string, or a list of {role, content} messages
+function showHTML(node, html) {  // html: sanitised on the server (markdown-it without raw HTML, then nh3)
+  node.innerHTML = html;
+}
+
+// a string, or a conversation: a list of {role, content} messages (with {role, html} when rendered)
+function renderText(node, value, html) {
   node.replaceChildren();
-  if (typeof value === "string") { node.textContent = value; return; }
-  for (const m of value) {
-    const msg = el("div", "msg");
-    msg.append(el("div", "role", m.role), el("div", "", m.content));
-    node.append(msg);
+  node.classList.toggle("raw", raw);
+  node.classList.toggle("md", !raw);
+  if (typeof value === "string") {
+    if (raw) node.textContent = value; else showHTML(node, html);
+    return;
   }
+  value.forEach((m, i) => {
+    const msg = el("div", `msg role-${/^[a-z]+$/.test(m.role) ? m.role : "other"}`);
+    const body = el("div", "content");
+    if (raw) body.textContent = m.content; else showHTML(body, html[i].html);
+    msg.append(el("div", "role", m.role), body);
+    node.append(msg);
+  });
+}
+
+function renderTexts() {
+  if (!current) return;
+  renderText($("prompt-text"), current.prompt, current.html.prompt);
+  document.querySelectorAll(".response .text").forEach((node, i) =>
+    renderText(node, current.responses[i], current.html.responses[i]));
+  $("btn-raw").classList.toggle("on", raw);
+  $("btn-together").classList.toggle("on", together);
+}
+
+function toggleRaw() { raw = !raw; renderTexts(); }
+function toggleTogether() { together = !together; renderTexts(); }
+
+function scrolled(e) {  // with "scroll together": the other cards follow, at the same share of their length
+  if (!together || scrolled.busy) return;
+  const src = e.currentTarget, room = src.scrollHeight - src.clientHeight;
+  const share = room > 0 ? src.scrollTop / room : 0;
+  scrolled.busy = true;
+  document.querySelectorAll(".response .text").forEach((other) => {
+    if (other !== src) other.scrollTop = share * (other.scrollHeight - other.clientHeight);
+  });
+  requestAnimationFrame(() => { scrolled.busy = false; });
 }
 
 function toast(text) {
@@ -116,16 +154,21 @@ function show(assignment, previous) {
     state.groups = groupsOf(previous.ranking);
     state.touched = true;
   }
-  renderText($("prompt-text"), assignment.prompt);
   const columns = $("responses");
   columns.replaceChildren();
   assignment.responses.forEach((response, i) => {
     const card = el("div", "card response");
     card.dataset.index = i;
-    card.append(el("div", "label", `Response ${letter(i)}`), el("span", "rank"), el("div", "text"));
-    renderText(card.lastChild, response);
+    const text = el("div", "text");
+    text.addEventListener("scroll", scrolled);
+    card.append(el("div", "label", `Response ${letter(i)}`), el("span", "rank"), text);
+    card.addEventListener("click", (e) => {  // touch: tap a card to select it for ranking
+      if (project.mode !== "ranking" || e.target.closest("a")) return;
+      state.sel = i; state.confirm = false; render();
+    });
     columns.append(card);
   });
+  renderTexts();
   render();
   window.scrollTo(0, 0);
 }
@@ -184,7 +227,12 @@ function render() {
       });
     });
     row.append(el("span", "hint", "worst"));
-    controls.append(row, el("span", "keys", `1–${state.groups.flat().length} select · ↑ ↓ move · = tie`));
+    const moves = el("div", "choices");  // the same moves for touch: tap a card, then these
+    moves.append(
+      button("Better", "↑", false, () => { move(-1); state.confirm = false; render(); }),
+      button("Worse", "↓", false, () => { move(1); state.confirm = false; render(); }),
+      button("Tie / untie", "=", false, () => { toggleTie(); state.confirm = false; render(); }));
+    controls.append(row, moves, el("span", "keys", `1–${state.groups.flat().length} or tap a card to select`));
   }
   const submit = el("button", "primary");
   submit.append(el("kbd", "", "Enter"), " Submit");
@@ -201,7 +249,8 @@ function keysHelp() {
     : ["1–9 · select a response", "← / → · select the previous / next in the ranking",
        "↑ / ↓ (or [ / ]) · move the selected response up (better) / down (worse)",
        "= · tie it with the one before it (again: untie)"];
-  return lines.concat(["Enter · submit", "u · undo your last submission", "s · skip with a reason", "g or ? · guidelines"]);
+  return lines.concat(["Enter · submit", "u · undo your last submission", "s · skip with a reason",
+    "r · raw text / rendered markdown", "g or ? · guidelines"]);
 }
 
 // ---------------------------------------------------------------- actions
@@ -295,6 +344,7 @@ function onKey(e) {
   }
   if (k === "g" || k === "?") toggleGuide(true);
   else if (k === "u") undo();
+  else if (k === "r") toggleRaw();
   else if (!current || busy) return;
   else if (k === "Enter") send();
   else if (k === "s") openSkip();
@@ -329,11 +379,17 @@ async function start() {
   project = me.project;
   $("project").textContent = project.name;
   $("who").textContent = `${me.annotator} · ${project.mode === "pairwise" ? "which response is better?" : "rank the responses"}`;
-  $("guide-text").textContent = project.guidelines || "No guidelines were given for this project.";
+  if (project.guidelines) { $("guide-text").classList.add("md"); showHTML($("guide-text"), project.guidelines_html); }
+  else $("guide-text").textContent = "No guidelines were given for this project.";
   $("keys-help").replaceChildren(...keysHelp().map((line) => el("div", "", line)));
   $("btn-guide").addEventListener("click", (e) => { e.currentTarget.blur(); toggleGuide(true); });
   $("btn-undo").addEventListener("click", (e) => { e.currentTarget.blur(); undo(); });
   $("btn-skip").addEventListener("click", (e) => { e.currentTarget.blur(); if (current) openSkip(); });
+  $("btn-raw").addEventListener("click", (e) => { e.currentTarget.blur(); toggleRaw(); });
+  $("btn-together").addEventListener("click", (e) => { e.currentTarget.blur(); toggleTogether(); });
+  $("guide-close").addEventListener("click", () => toggleGuide(false));
+  $("skip-send").addEventListener("click", sendSkip);
+  $("skip-cancel").addEventListener("click", () => { $("skip").hidden = true; });
   document.addEventListener("keydown", onKey);
   await loadNext();
 }
