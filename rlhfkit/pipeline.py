@@ -179,7 +179,7 @@ class DemoContext:
         return self._cache[key]
 
     def _scorer(self):
-        from rlhfkit.models.reward import load_scorer
+        from rlhfkit.models.reward_model import load_scorer
 
         if "scorer" not in self._cache:
             self._cache["scorer"] = load_scorer(self.reward)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.rewards import RewardSettings
+from rlhfkit.train.rl.reward_sources import RewardSettings
 from rlhfkit.rollout.base import SamplingConfig
-from rlhfkit.train.group import GRPOConfig, RLOOConfig, advantages_for, run_grpo, run_rloo, sequence_scores
+from rlhfkit.train.rl.grpo import GRPOConfig, RLOOConfig, advantages_for, run_grpo, run_rloo, sequence_scores
 from rlhfkit.train.options import OptimConfig
 
 REWARDS = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 3.0])  # two prompts, n = 3, group-contiguous
@@ -98,7 +98,7 @@ def test_dr_grpo_needs_both_of_its_changes():
 
 
 def test_token_mean_micro_batches_add_up_to_the_minibatch_token_mean():
-    from rlhfkit.train.rl_common import micro_batch_weights
+    from rlhfkit.train.rl.rollout import micro_batch_weights
 
     # minibatch rows 0..3 with 3, 1, 2, 2 tokens, cut into two micro-batches [0, 1] and [2, 3]:
     # their token means are weighted by 4/8 and 4/8 (here equal), e.g. rows [0, 2] | [1, 3]: 5/8 and 3/8

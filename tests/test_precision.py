@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from rlhfkit.models import precision as P
-from rlhfkit.train import common
+from rlhfkit.train import run as common
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from rlhfkit.train import preference as P
-from rlhfkit.train import preference_data as D
-from rlhfkit.train.preference import (DPOConfig, KTOConfig, ORPOConfig, SimPOConfig, run_dpo, run_kto, run_orpo,
+from rlhfkit.train.direct import preference as P
+from rlhfkit.train.direct import batches as D
+from rlhfkit.train.direct.preference import (DPOConfig, KTOConfig, ORPOConfig, SimPOConfig, run_dpo, run_kto, run_orpo,
                                       run_simpo)
 from rlhfkit.train.sft import OptimConfig
 

@@ -52,7 +52,7 @@ def _supervised(ctx, name: str, model: Path, records: list[dict] | Path, steps: 
     a checkpoint does)."""
     from rlhfkit.data.records import write_jsonl
     from rlhfkit.pipeline import DemoStageConfig, stage_done, train_stage
-    from rlhfkit.train import common
+    from rlhfkit.train import run as common
     from rlhfkit.train.sft import SFTConfig, run_sft
 
     out = ctx.out / name

@@ -44,7 +44,7 @@ QUICK_STEPS = 6
 def method_config(ctx, name: str, recipe: Recipe | None = None, *, model: Path | None = None, data: Path | None = None):
     """The config of one demo method (also used by tuning scripts with a modified recipe, and by the
     AI-feedback step with its own preferences and starting model)."""
-    from rlhfkit.train import preference
+    from rlhfkit.train.direct import preference
     from rlhfkit.train.sft import OptimConfig
 
     recipe = recipe or RECIPES[name]
@@ -59,7 +59,8 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, *, model: Path |
 
 def train_method(ctx, name: str, recipe: Recipe | None = None, *, model: Path | None = None,
                  data: Path | None = None) -> Path:
-    from rlhfkit.train import common, preference
+    from rlhfkit.train import run as common
+    from rlhfkit.train.direct import preference
 
     config = method_config(ctx, name, recipe, model=model, data=data)
     config.validate()

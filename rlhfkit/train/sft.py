@@ -17,8 +17,8 @@ from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, collate_sft, encode_sft_records, pack_documents
 from rlhfkit.models.forward import causal_lm_loss
 from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
-from rlhfkit.train import common
-from rlhfkit.train.loop import spec_from_config, train_loop
+from rlhfkit.train import run as common
+from rlhfkit.train.supervised import spec_from_config, train_loop
 from rlhfkit.train.options import OptimConfig, TrainConfig  # noqa: F401  (OptimConfig re-exported)
 
 log = logging.getLogger("rlhfkit")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from rlhfkit.train import common
+from rlhfkit.train import run as common
 
 
 @dataclass

@@ -30,13 +30,13 @@ from rlhfkit.config import require
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.forward import causal_lm_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
-from rlhfkit.models.reward import load_reward_model, member_dirs
+from rlhfkit.models.reward_model import load_reward_model, member_dirs
 from rlhfkit.ops import (AdaptiveKLController, FixedKLController, RunningMoments, gae, kl_estimate,
                          last_token_index, masked_whiten)
-from rlhfkit.rewards import PythonRewardSource, build_reward_source
+from rlhfkit.train.rl.reward_sources import PythonRewardSource, build_reward_source
 from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train import common
-from rlhfkit.train.rl_common import (ActorCritic, Experience, Reference, RLConfig, RunState, collect,
+from rlhfkit.train import run as common
+from rlhfkit.train.rl.rollout import (ActorCritic, Experience, Reference, RLConfig, RunState, collect,
                                      explained_variance, load_prompts, objective_metrics, optimise)
 
 

@@ -7,7 +7,7 @@ response with its siblings:
 - RLOO (Ahmadian et al. 2024, "Back to Basics"; Kool et al. 2019): advantage r − mean of the
   other n−1 rewards, the KL as a sequence-level penalty in the reward (r − β·Σ_t KL_t).
 Either may put the KL in the loss or in the reward (``kl_in``). The rollout, scoring, reference,
-logging and checkpoints are those of PPO (:mod:`rlhfkit.train.rl_common`).
+logging and checkpoints are those of PPO (:mod:`rlhfkit.train.rl.rollout`).
 
 One iteration: 1. generate n per prompt 2. score (+ missing-EOS penalty) 3. reference log-probs,
 KL 4. group advantages 5. epochs × minibatches of the clipped loss 6. log, checkpoint.
@@ -26,10 +26,10 @@ from rlhfkit.config import require
 from rlhfkit.losses import grpo_policy_loss
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
 from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate, rloo_advantages
-from rlhfkit.rewards import PythonRewardSource, build_reward_source
+from rlhfkit.train.rl.reward_sources import PythonRewardSource, build_reward_source
 from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train import common
-from rlhfkit.train.rl_common import (ActorCritic, Reference, RLConfig, RunState, collect, load_prompts,
+from rlhfkit.train import run as common
+from rlhfkit.train.rl.rollout import (ActorCritic, Reference, RLConfig, RunState, collect, load_prompts,
                                      objective_metrics, optimise)
 
 

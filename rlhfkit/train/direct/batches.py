@@ -1,4 +1,4 @@
-"""The data side of the preference loop (:mod:`rlhfkit.train.preference`): records → encoded examples,
+"""The data side of the preference loop (:mod:`rlhfkit.train.direct.preference`): records → encoded examples,
 the batched completion log-prob forward, and the reference log-prob cache.
 
 An :class:`Example` holds named token sequences ("roles"): ``chosen`` and ``rejected`` for a pair,

@@ -24,10 +24,10 @@ from rlhfkit.data.records import DataError, at_record, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
-from rlhfkit.models.reward import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, reward_forward,
+from rlhfkit.models.reward_model import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, reward_forward,
                                    with_distinct_pad, write_temperature)
-from rlhfkit.train import common
-from rlhfkit.train.loop import spec_from_config, train_loop
+from rlhfkit.train import run as common
+from rlhfkit.train.supervised import spec_from_config, train_loop
 from rlhfkit.train.options import OptimConfig, TrainConfig
 
 
@@ -204,7 +204,7 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
             member.rename(target)
             members.append(target.name)
         (final / "ensemble.json").write_text(json.dumps({"members": members}, indent=1))
-    from rlhfkit.models.reward import load_scorer
+    from rlhfkit.models.reward_model import load_scorer
 
     report = evaluate_reward(load_scorer(final, max_length=config.max_length), eval_groups)
     write_temperature(final, report.get("temperature", 1.0))

@@ -29,10 +29,10 @@ from rlhfkit.models import loading as models_loading
 from rlhfkit.models.loading import LoraSettings, is_peft, load_causal_lm
 from rlhfkit.models.precision import Precision
 from rlhfkit.ops import LOSS_AGGREGATIONS, LossAggregation, masked_var
-from rlhfkit.rewards import RewardSettings, RewardSource
+from rlhfkit.train.rl.reward_sources import RewardSettings, RewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import decode_responses
-from rlhfkit.train import common
+from rlhfkit.train import run as common
 from rlhfkit.train.options import OptimConfig
 
 log = logging.getLogger("rlhfkit")

@@ -68,7 +68,7 @@ class RewardModelSource:
 
     def __init__(self, path: str | Path, *, std_coef: float = 0.0, batch_size: int = 64, device=None,
                  name: str = "reward_model"):
-        from rlhfkit.models.reward import load_scorer
+        from rlhfkit.models.reward_model import load_scorer
 
         self.name, self.std_coef = name, float(std_coef)
         self.scorer = load_scorer(path, batch_size=batch_size)

@@ -4,7 +4,7 @@ One loop serves them all. A method is an :class:`Objective`: the roles of an exa
 through the policy with gradients (``chosen`` and ``rejected`` in ONE concatenated forward pass;
 KTO's ``completion``), the roles that only need the policy's value (KTO's mismatched ``kl`` pairs),
 whether it needs reference log-probs, and a few lines of glue to its pure loss in
-:mod:`rlhfkit.losses`. The optimisation loop is :func:`rlhfkit.train.loop.train_loop`, shared with
+:mod:`rlhfkit.losses`. The optimisation loop is :func:`rlhfkit.train.supervised.train_loop`, shared with
 SFT and reward models (accumulation, clipping, logging, checkpoints, exact ``--resume``).
 
 ``run_dpo`` / ``run_orpo`` / ``run_simpo`` / ``run_kto``:
@@ -39,9 +39,9 @@ from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preferenc
                             kto_reference_point, orpo_loss, simpo_loss)
 from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
 from rlhfkit.ops import masked_mean
-from rlhfkit.train import common
-from rlhfkit.train import preference_data as D
-from rlhfkit.train.loop import spec_from_config, train_loop
+from rlhfkit.train import run as common
+from rlhfkit.train.direct import batches as D
+from rlhfkit.train.supervised import spec_from_config, train_loop
 from rlhfkit.train.options import OptimConfig, TrainConfig
 
 log = logging.getLogger("rlhfkit")
