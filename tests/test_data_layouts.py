@@ -313,7 +313,7 @@ def test_reward_model_trains_on_the_layout(tiny_model_dir, tmp_path, one_torch_t
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_dpo_trains_on_the_layout(tiny_model_dir, tmp_path, one_torch_thread, layout):
-    from rlhfkit.train.direct.preference import DPOConfig, run_dpo
+    from rlhfkit.train.direct.dpo import DPOConfig, run_dpo
     from rlhfkit.train.sft import OptimConfig
 
     data = write(tmp_path / f"{layout}.jsonl", LAYOUTS[layout](8))

@@ -11,7 +11,7 @@ from rlhfkit.config import ConfigError
 from rlhfkit.train.rl.reward_sources import RewardSettings
 from rlhfkit.rollout.base import SamplingConfig
 from rlhfkit.train.rl.grpo import GRPOConfig, RLOOConfig, advantages_for, run_grpo, run_rloo, sequence_scores
-from rlhfkit.train.options import OptimConfig
+from rlhfkit.train.run import OptimConfig
 
 REWARDS = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 3.0])  # two prompts, n = 3, group-contiguous
 

@@ -20,7 +20,7 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.train.rl.reward_sources import RewardSettings
 from rlhfkit.rollout.base import SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train.options import OptimConfig
+from rlhfkit.train.run import OptimConfig
 
 from conftest import TEXTS
 
@@ -192,7 +192,7 @@ def test_reward_model_loads_with_plain_transformers_and_scores_where_rlhfkit_doe
 def test_direct_method(family, model_dir, data, tmp_path, method):
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.direct import preference as P
+    from rlhfkit.train import direct as P
 
     cls, run = {"dpo": (P.DPOConfig, P.run_dpo), "kto": (P.KTOConfig, P.run_kto),
                 "orpo": (P.ORPOConfig, P.run_orpo), "simpo": (P.SimPOConfig, P.run_simpo)}[method]

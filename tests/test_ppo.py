@@ -15,7 +15,7 @@ from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train.rl.ppo import PPOConfig, run_ppo, token_rewards
 from rlhfkit.train.rl.rollout import ActorCritic, Reference, RLConfig, collect
-from rlhfkit.train.options import OptimConfig
+from rlhfkit.train.run import OptimConfig
 
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]
 

@@ -1,82 +1,118 @@
-"""The supervised-style optimisation loop shared by SFT, pre-training, reward models and the DPO family.
+"""The supervised-style stages: their shared config fields and the one optimisation loop.
 
-What differs between them is only how a batch becomes a loss (``step_fn``) and how a micro-batch is
-weighted in gradient accumulation (tokens for SFT, examples for pairwise losses). This loop owns the
+SFT, pre-training, reward models and the direct preference methods (DPO family, ORPO, SimPO, KTO)
+differ only in how a batch becomes a loss (``step_fn``) and how a micro-batch is weighted in
+gradient accumulation (tokens for SFT, examples for pairwise losses). :func:`train_loop` owns the
 rest, once: accelerate, gradient accumulation and clipping, the schedule, logging, periodic
-evaluation, checkpoints and an exact ``--resume``.
+evaluation, checkpoints and an exact ``--resume`` (through :class:`rlhfkit.train.run.Run`).
+
+Also here: :class:`SupervisedConfig` (the data, length and step fields these stages add to
+:class:`~rlhfkit.train.run.RunConfig`) and :func:`held_out_indices` (the held-out split they share).
+Not here: what a batch is for each stage (:mod:`rlhfkit.train.sft`, :mod:`rlhfkit.train.reward_model`,
+:mod:`rlhfkit.train.direct`), the online RL loops (:mod:`rlhfkit.train.rl`).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from rlhfkit.train import run as common
+from rlhfkit.config import require
+from rlhfkit.train.run import LoopState, Run, RunConfig, infinite_batches
 
 
 @dataclass
-class LoopSpec:
-    name: str
-    out_dir: Path
-    total_steps: int
-    batch_size: int
-    lengths: list[int]
-    """length of each training example (for length-grouped batches)"""
-    seed: int = 0
+class SupervisedConfig(RunConfig):
+    """Fields every supervised-style stage adds to :class:`~rlhfkit.train.run.RunConfig`."""
+
+    data: str = ""
+    """training records: JSONL file or HF dataset"""
+    eval_data: str | None = None
+    """held-out records; if unset, ``eval_fraction`` of ``data`` is held out"""
+    eval_fraction: float = 0.05
+    """fraction of ``data`` held out for evaluation when ``eval_data`` is unset"""
+    max_length: int = 512
+    """longest example in tokens (prompt + completion); see the truncation policy in data/tokenize.py"""
+    max_prompt_length: int | None = None
+    """prompts longer than this are cut from the left first (default: max_length - 1)"""
+    batch_size: int = 8
+    """examples per micro-batch"""
     gradient_accumulation_steps: int = 1
-    group_by_length: bool = True
-    max_grad_norm: float = 1.0
+    """micro-batches per optimiser step"""
+    max_steps: int = 0
+    """optimiser steps; 0 means ``num_epochs`` passes over the data"""
+    num_epochs: float = 1.0
+    """passes over the data when ``max_steps`` is 0"""
     log_every: int = 10
+    """optimiser steps between metric lines"""
     eval_every: int = 0
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    tensorboard: bool = False
-    progress: bool = True
-    first_metrics: dict[str, Any] = field(default_factory=dict)
-    """logged at step 0 of a fresh run (data counts, truncation statistics)"""
+    """optimiser steps between evaluations (0: only at the end)"""
+
+    def validate(self) -> None:
+        require(bool(self.model), "model: set the model folder to start from (model=path)")
+        require(bool(self.data), "data: set the training data (data=path.jsonl)")
+        require(self.batch_size > 0, "batch_size must be positive")
+        require(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be positive")
+        require(self.max_steps >= 0, "max_steps must be >= 0")
+        require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
+        require(self.max_length > 1, "max_length must exceed 1")
+        require(self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
+                f"max_prompt_length ({self.max_prompt_length}) must be positive and below max_length "
+                f"({self.max_length}): the completion needs room for at least one token")
+
+    def total_steps(self, n_examples: int) -> int:
+        """``max_steps``, or the optimiser steps of ``num_epochs`` passes over ``n_examples``."""
+        if self.max_steps:
+            return self.max_steps
+        per_epoch = max(1, math.ceil(n_examples / self.batch_size) // self.gradient_accumulation_steps)
+        return max(1, int(self.num_epochs * per_epoch))
+
+
+def held_out_indices(n: int, fraction: float, seed: int, *, min_items: int) -> list[int]:
+    """The items held out for evaluation: ``max(1, int(n · fraction))`` of ``range(n)`` in a random
+    order deterministic in ``seed``; none when ``fraction`` is 0 or there are fewer than ``min_items``
+    (too few to spare any). Each stage keeps its own ``min_items`` and the order it needs."""
+    if fraction <= 0 or n < min_items:
+        return []
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[: max(1, int(n * fraction))]
 
 
 StepFn = Callable[[Any, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
-def train_loop(spec: LoopSpec, accelerator, model, optimizer, scheduler, *, step_fn: StepFn,
-               weight_fn: Callable[[list[int]], float], eval_fn: Callable[[Any], dict] | None = None,
-               resume: bool = False, extra_modules: dict[str, Any] | None = None) -> common.LoopState:
-    """Run ``spec.total_steps`` optimiser steps.
+def train_loop(config: SupervisedConfig, accelerator, model, optimizer, scheduler, *, name: str,
+               out_dir: str | Path, lengths: list[int], step_fn: StepFn, weight_fn: Callable[[list[int]], float],
+               eval_fn: Callable[[Any], dict] | None = None, seed: int | None = None, group_by_length: bool = True,
+               first_metrics: dict[str, Any] | None = None, resume: bool = False) -> LoopState:
+    """Run ``config.total_steps(len(lengths))`` optimiser steps over the examples whose lengths are
+    ``lengths`` (batched by :func:`rlhfkit.train.run.infinite_batches`, in ``seed``'s order, by default
+    ``config.seed``).
 
     step_fn(model, indices) -> (mean loss of the micro-batch, stats to log)
     weight_fn(indices) -> weight of the micro-batch in the accumulated gradient
     eval_fn(model) -> metrics, called every ``eval_every`` steps and at the end
+    first_metrics: logged at step 0 of a fresh run (data counts, truncation statistics)
     """
-    modules = {"model": accelerator.unwrap_model(model), "optimizer": optimizer, "scheduler": scheduler,
-               **(extra_modules or {})}
-    state = common.LoopState()
-    checkpoint = common.latest_checkpoint(spec.out_dir) if resume else None
-    if resume and checkpoint is None:
-        print(f"--resume: no checkpoint in {spec.out_dir}; starting from scratch")
-    if checkpoint is not None:
-        state = common.load_checkpoint(checkpoint, modules=modules)
-        print(f"resumed from {checkpoint} at step {state.step}")
-    logger = common.MetricsLogger(spec.out_dir, tensorboard=spec.tensorboard, resume=checkpoint is not None)
-    if checkpoint is not None:
-        logger.truncate_after(state.step)
-    elif spec.first_metrics:
-        logger.log(0, spec.first_metrics)
-
-    stream = common.infinite_batches(spec.lengths, batch_size=spec.batch_size, seed=spec.seed,
-                                     start_epoch=state.epoch, start_batch=state.batch_in_epoch,
-                                     group_by_length=spec.group_by_length)
-    progress = common.Progress(spec.total_steps, spec.name, start=state.step, enabled=spec.progress)
+    total_steps = config.total_steps(len(lengths))
+    modules = {"model": accelerator.unwrap_model(model), "optimizer": optimizer, "scheduler": scheduler}
+    run = Run(out_dir, name, modules, config=config, total_steps=total_steps, resume=resume,
+              first_metrics=first_metrics)
+    state = run.state
+    stream = infinite_batches(lengths, batch_size=config.batch_size, seed=config.seed if seed is None else seed,
+                              start_epoch=state.epoch, start_batch=state.batch_in_epoch,
+                              group_by_length=group_by_length)
     window: dict[str, float] = {}
     window_weight, window_start, window_items = 0.0, time.time(), 0
     model.train()
-    while state.step < spec.total_steps:
+    while not run.done:
         # 1. accumulate gradients over micro-batches, each weighted by its share of the step
-        micro = [next(stream) for _ in range(spec.gradient_accumulation_steps)]
+        micro = [next(stream) for _ in range(config.gradient_accumulation_steps)]
         weights = [weight_fn(idx) for _, _, idx in micro]
         total_weight = max(sum(weights), 1e-12)
         for (_, _, idx), weight in zip(micro, weights):
@@ -90,8 +126,8 @@ def train_loop(spec: LoopSpec, accelerator, model, optimizer, scheduler, *, step
             window_items += len(idx)
         # 2. clip, step, schedule
         grad_norm = None
-        if spec.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+        if config.optim.max_grad_norm > 0:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -100,37 +136,21 @@ def train_loop(spec: LoopSpec, accelerator, model, optimizer, scheduler, *, step
         state.epoch, state.batch_in_epoch = epoch, batch_index + 1
         state.tokens_seen += int(sum(weights))
         # 3. log, evaluate, checkpoint
-        if state.step % spec.log_every == 0 or state.step == spec.total_steps:
+        if state.step % config.log_every == 0 or run.done:
             elapsed = max(time.time() - window_start, 1e-9)
             metrics = {f"train/{k}": v / max(window_weight, 1e-12) for k, v in window.items()}
             metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/epoch": state.epoch,
                             "train/examples_per_s": window_items / elapsed})
             if grad_norm is not None:
                 metrics["train/grad_norm"] = float(grad_norm)
-            logger.log(state.step, metrics)
-            progress.update(state.step, {"loss": metrics["train/loss"]})
+            run.logger.log(state.step, metrics)
+            run.progress.update(state.step, {"loss": metrics["train/loss"]})
             window, window_weight, window_start, window_items = {}, 0.0, time.time(), 0
-        is_last = state.step == spec.total_steps
-        if eval_fn is not None and ((spec.eval_every and state.step % spec.eval_every == 0) or is_last):
+        if eval_fn is not None and ((config.eval_every and state.step % config.eval_every == 0) or run.done):
             model.eval()
             with torch.no_grad():
-                logger.log(state.step, eval_fn(model))
+                run.logger.log(state.step, eval_fn(model))
             model.train()
-        if (spec.save_every and state.step % spec.save_every == 0) or is_last:
-            common.save_checkpoint(spec.out_dir, state=state, modules=modules, keep=spec.keep_checkpoints)
-    progress.close()
-    logger.close()
+        run.checkpoint_if_due()
+    run.close()
     return state
-
-
-def spec_from_config(config, *, name: str, out_dir: Path, total_steps: int, lengths: list[int],
-                     seed: int | None = None, group_by_length: bool = True,
-                     first_metrics: dict[str, Any] | None = None) -> LoopSpec:
-    """A LoopSpec from the shared fields of a :class:`rlhfkit.train.options.TrainConfig`."""
-    return LoopSpec(
-        name=name, out_dir=Path(out_dir), total_steps=total_steps, batch_size=config.batch_size, lengths=lengths,
-        seed=config.seed if seed is None else seed, gradient_accumulation_steps=config.gradient_accumulation_steps,
-        group_by_length=group_by_length, max_grad_norm=config.optim.max_grad_norm, log_every=config.log_every,
-        eval_every=config.eval_every, save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
-        tensorboard=config.tensorboard, progress=config.progress, first_metrics=dict(first_metrics or {}),
-    )

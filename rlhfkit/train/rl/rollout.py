@@ -33,7 +33,7 @@ from rlhfkit.train.rl.reward_sources import RewardSettings, RewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import decode_responses
 from rlhfkit.train import run as common
-from rlhfkit.train.options import OptimConfig
+from rlhfkit.train.run import OptimConfig
 
 log = logging.getLogger("rlhfkit")
 
