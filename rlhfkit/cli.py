@@ -42,7 +42,7 @@ OPTIONAL_STAGES: dict[str, Stage] = {
     "kto": Stage("rlhfkit.train.direct.kto", "KTOConfig", "run_kto", "KTO on unpaired or split pairwise data"),
     "ppo": Stage("rlhfkit.train.rl.ppo", "PPOConfig", "run_ppo", "PPO against a reward with a KL penalty"),
     "grpo": Stage("rlhfkit.train.rl.grpo", "GRPOConfig", "run_grpo", "GRPO: group-normalised advantages"),
-    "rloo": Stage("rlhfkit.train.rl.grpo", "RLOOConfig", "run_rloo", "RLOO: leave-one-out baseline"),
+    "rloo": Stage("rlhfkit.train.rl.rloo", "RLOOConfig", "run_rloo", "RLOO: leave-one-out baseline"),
     "judge": Stage("rlhfkit.feedback.judging", "JudgeRunConfig", "run_judge",
                    "AI preference labels (RLAIF): a judge compares candidate responses"),
     "constitution": Stage("rlhfkit.feedback.constitution.run", "ConstitutionConfig", "run_constitution",

@@ -238,7 +238,8 @@ def test_ppo_first_kl_zero_and_ratio_one_on_left_padded_batches(family, model_di
 def test_group_method(family, model_dir, data, tmp_path, method):
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.rl.grpo import GRPOConfig, RLOOConfig, run_grpo, run_rloo
+    from rlhfkit.train.rl.grpo import GRPOConfig, run_grpo
+    from rlhfkit.train.rl.rloo import RLOOConfig, run_rloo
 
     cls, run = (GRPOConfig, run_grpo) if method == "grpo" else (RLOOConfig, run_rloo)
     out = tmp_path / method

@@ -13,8 +13,10 @@ from rlhfkit.models.loading import LoraSettings, load_causal_lm
 from rlhfkit.train.rl.reward_sources import PythonRewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
+from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.ppo import PPOConfig, run_ppo, token_rewards
-from rlhfkit.train.rl.rollout import ActorCritic, Reference, RLConfig, collect
+from rlhfkit.train.rl.rollout import collect
+from rlhfkit.train.rl.run import RLConfig
 from rlhfkit.train.run import OptimConfig
 
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]

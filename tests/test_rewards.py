@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.train.rl.reward_sources import (HTTPRewardSource, PythonRewardSource, RewardModelSource, RewardSettings, WeightedSum,
-                             build_reward_source, load_function)
+from rlhfkit.train.rl.reward_sources import (HTTPRewardSource, PythonRewardSource, RewardModelSource, RewardSettings,
+                                             WeightedSum, build_reward_source, load_function)
 
 PROMPTS = ["User: what color is the dax?\nAssistant:"] * 3
 

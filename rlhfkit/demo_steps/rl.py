@@ -48,7 +48,7 @@ RECIPES: dict[str, Recipe] = {
     "grpo": Recipe("GRPOConfig", "run_grpo", "rlhfkit.train.rl.grpo",
                    {**_SHARED, "learning_rate": 1e-4, "num_generations": 4, "kl_in": "loss", "kl_coef": 0.3,
                     "scale_by_std": False, "loss_aggregation": "seq_sum_norm"}),
-    "rloo": Recipe("RLOOConfig", "run_rloo", "rlhfkit.train.rl.grpo",
+    "rloo": Recipe("RLOOConfig", "run_rloo", "rlhfkit.train.rl.rloo",
                    {**_SHARED, "num_generations": 4, "kl_in": "reward", "kl_coef": 0.5}),
 }
 QUICK = {"total_steps": 3, "batch_size": 8, "num_generations": 2}
@@ -80,14 +80,14 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
 def train_method(ctx, name: str, recipe: Recipe | None = None, **overrides) -> Path:
     import importlib
 
-    from rlhfkit.train import run as common
+    from rlhfkit.train.run import latest_checkpoint
 
     recipe = recipe or RECIPES[name]
     config = method_config(ctx, name, recipe, **overrides)
     final = Path(config.output_dir) / "final"
     if not (final / "config.json").exists():
         run = getattr(importlib.import_module(recipe.module), recipe.run)
-        run(config, resume=common.latest_checkpoint(config.output_dir) is not None, gold_fn=ctx.task.gold_batch)
+        run(config, resume=latest_checkpoint(config.output_dir) is not None, gold_fn=ctx.task.gold_batch)
     return final
 
 

@@ -1,13 +1,15 @@
-"""GRPO and RLOO: online RL without a value model, from several samples per prompt.
+"""GRPO (Shao et al. 2024, "DeepSeekMath", §4.1): online RL without a value model, from several
+samples per prompt, and the loop RLOO (:mod:`.rloo`) shares.
 
 Both draw ``num_generations`` (n) responses for each of ``batch_size / n`` prompts and compare each
-response with its siblings:
-- GRPO (Shao et al. 2024, "DeepSeekMath", §4.1): advantage (r − mean_group) / std_group on every
-  token, clipped ratio, and KL(π‖π_ref) as k3 in the loss (eq. 3–4);
-- RLOO (Ahmadian et al. 2024, "Back to Basics"; Kool et al. 2019): advantage r − mean of the
-  other n−1 rewards, the KL as a sequence-level penalty in the reward (r − β·Σ_t KL_t).
-Either may put the KL in the loss or in the reward (``kl_in``). The rollout, scoring, reference,
-logging and checkpoints are those of PPO (:mod:`rlhfkit.train.rl.rollout`).
+response with its siblings. GRPO's advantage is (r − mean_group) / std_group on every token, with a
+clipped ratio and KL(π‖π_ref) as k3 in the loss (eq. 3–4); Dr. GRPO (Liu et al. 2025) drops the std
+scaling and the per-response length normalisation. Either method may put the KL in the loss or in
+the reward (``kl_in``).
+
+This file reads top to bottom: the configs, the advantages, the loss, the loop. The rollout,
+scoring, reference, update, logging and checkpoints are those of PPO (:mod:`.rollout`,
+:mod:`.update`, :mod:`.run`).
 
 One iteration: 1. generate n per prompt 2. score (+ missing-EOS penalty) 3. reference log-probs,
 KL 4. group advantages 5. epochs × minibatches of the clipped loss 6. log, checkpoint.
@@ -24,13 +26,13 @@ import torch
 
 from rlhfkit.config import require
 from rlhfkit.losses import grpo_policy_loss
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
-from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate, rloo_advantages
-from rlhfkit.train.rl.reward_sources import PythonRewardSource, build_reward_source
-from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train import run as common
-from rlhfkit.train.rl.rollout import (ActorCritic, Reference, RLConfig, RunState, collect, load_prompts,
-                                     objective_metrics, optimise)
+from rlhfkit.models.loading import save_model
+from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate
+from rlhfkit.train.rl.policy import Outputs
+from rlhfkit.train.rl.rollout import Experience, collect, objective_metrics
+from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
+from rlhfkit.train.rl.update import optimise
+from rlhfkit.train.run import optimizer_and_schedule
 
 
 @dataclass
@@ -52,7 +54,7 @@ class GroupConfig(RLConfig):
     group may land in different minibatches)"""
 
     def validate(self, *, extra_rewards: int = 0) -> None:
-        self.validate_common(extra_rewards=extra_rewards)
+        super().validate(extra_rewards=extra_rewards)
         require(self.num_generations >= 2, "num_generations must be at least 2 (advantages compare siblings)")
         require(self.batch_size % self.num_generations == 0,
                 f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations}): "
@@ -76,15 +78,7 @@ class GRPOConfig(GroupConfig):
         return not self.scale_by_std and self.loss_aggregation == "seq_sum_norm"
 
 
-@dataclass
-class RLOOConfig(GroupConfig):
-    output_dir: str = "runs/rloo"
-    """run folder: config.yaml, metrics.jsonl, checkpoints/, final/"""
-    kl_in: Literal["loss", "reward"] = "reward"
-    """where the KL penalty goes: Σ_t KL_t subtracted from the reward (RLOO) or per-token k3 in the loss"""
-    loss_aggregation: LossAggregation = "seq_sum_norm"
-    """seq_sum_norm by default: RLOO treats the whole response as one action (Ahmadian et al. 2024 §3),
-    so its gradient is A·∇log π(y|x) = A·Σ_t ∇log π(y_t|…), a token sum (over a constant, max_new_tokens)"""
+# ---------------------------------------------------------------- advantages
 
 
 def sequence_scores(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *, kl_coef: float,
@@ -96,83 +90,71 @@ def sequence_scores(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, 
     return scores
 
 
-def advantages_for(config: GroupConfig, rewards: torch.Tensor) -> torch.Tensor:
-    """(B,) group-contiguous rewards → (B,) advantages: group-normalised (GRPO) or leave-one-out (RLOO)."""
-    n = config.num_generations
-    if isinstance(config, RLOOConfig):
-        adv = rloo_advantages(rewards, group_size=n)
-    else:
-        adv = group_advantages(rewards, group_size=n, scale_by_std=getattr(config, "scale_by_std", True))
-    if config.whiten_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    return adv
+def sequence_advantages(config: GRPOConfig, rewards: torch.Tensor) -> torch.Tensor:
+    """(B,) group-contiguous rewards → (B,) group-normalised advantages (r − mean) / std per group
+    (centred only with ``scale_by_std=False``: Dr. GRPO)."""
+    return group_advantages(rewards, group_size=config.num_generations, scale_by_std=config.scale_by_std)
+
+
+# ---------------------------------------------------------------- loss
+
+
+def clipped_loss(out: Outputs, exp: Experience, idx: torch.Tensor, advantages: torch.Tensor,
+                 config: GroupConfig) -> tuple[torch.Tensor, dict]:
+    """The clipped surrogate of rows ``idx`` with each response's advantage on every token, plus
+    kl_coef · k3 KL to the reference when ``kl_in=loss`` (Shao et al. 2024 eq. 3–4)."""
+    kl_loss_coef = config.kl_coef if config.kl_in == "loss" else 0.0  # 0: no reference in the loss
+    ref = exp.ref_logprobs[idx] if kl_loss_coef else None
+    result = grpo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], exp.mask[idx],
+                              cliprange=config.cliprange, kl_coef=kl_loss_coef, ref_logprobs=ref, **config.aggregation)
+    stats = {("policy/kl_k3" if k == "kl" else k): v for k, v in result.stats.items()}
+    return result.losses.mean(), stats
+
+
+# ---------------------------------------------------------------- the loop
 
 
 def run_grpo(config: GRPOConfig, *, resume: bool = False, reward_fns: Sequence[Callable] = (),
              gold_fn: Callable | None = None) -> Path:
-    """Train with GRPO; returns ``output_dir/final``."""
-    return _run(config, "grpo", resume=resume, reward_fns=reward_fns, gold_fn=gold_fn)
+    """Train with GRPO; returns ``output_dir/final``. ``reward_fns`` are extra Python rewards given in
+    code; ``gold_fn(prompts, responses)`` is logged as gold/reward only."""
+    return run_group(config, "grpo", sequence_advantages, resume=resume, reward_fns=reward_fns, gold_fn=gold_fn)
 
 
-def run_rloo(config: RLOOConfig, *, resume: bool = False, reward_fns: Sequence[Callable] = (),
-             gold_fn: Callable | None = None) -> Path:
-    """Train with RLOO; returns ``output_dir/final``."""
-    return _run(config, "rloo", resume=resume, reward_fns=reward_fns, gold_fn=gold_fn)
-
-
-def _run(config: GroupConfig, name: str, *, resume: bool, reward_fns: Sequence[Callable],
-         gold_fn: Callable | None) -> Path:
-    config.validate(extra_rewards=len(reward_fns))
-    out_dir = common.start_run(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    tokenizer = load_tokenizer(config.model)
-    prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
-    policy = load_causal_lm(config.model, lora=config.lora).to(device)
-    actor = ActorCritic(policy, disable_dropout=config.disable_dropout)
-    reference = Reference(policy, config.model)
-    reward = build_reward_source(config.reward, extra=reward_fns, device=device)
-    if gold_fn is None and config.gold_function:
-        gold_fn = PythonRewardSource(config.gold_function).fn
-    generator = HFGenerator(policy, tokenizer, config.sampling)
-    optimizer, scheduler = common.optimizer_and_schedule(policy.parameters(), config.optim,
-                                                         total_steps=config.optimizer_steps)
+def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConfig, torch.Tensor], torch.Tensor],
+              *, resume: bool, reward_fns: Sequence[Callable], gold_fn: Callable | None) -> Path:
+    """The loop of GRPO and RLOO: they differ in ``advantages_fn(config, rewards) -> advantages`` and
+    in their defaults (kl_in, loss_aggregation)."""
+    setup = set_up(config, reward_fns=reward_fns, gold_fn=gold_fn)
+    policy, n = setup.policy, config.num_generations
+    optimizer, scheduler = optimizer_and_schedule(policy.parameters(), config.optim, total_steps=config.optimizer_steps)
     modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler}
-    n = config.num_generations
-    run = RunState(config, name, modules, len(prompts), config.batch_size // n, resume=resume)
-    if run.state.step == 0:
-        run.logger.log(0, {"data/prompts": len(prompts), "data/prompts_truncated": n_cut})
-    kl_loss_coef = config.kl_coef if config.kl_in == "loss" else 0.0  # 0: no reference in the loss
+    run = RLRun(config, name, modules, setup, prompts_per_step=config.batch_size // n, resume=resume)
 
     while not run.done:
-        batch_prompts, batch_ids = run.next_prompts(prompts, prompt_ids, repeat=n)
+        batch_prompts, batch_ids = run.next_prompts(setup.prompts, setup.prompt_ids, repeat=n)
         # 1. generate n responses per prompt, 2. score them, 3. old-policy and reference log-probs
-        exp = collect(actor, reference, generator, tokenizer, reward, batch_prompts, batch_ids, config,
-                      gold_fn=gold_fn)
+        exp = collect(setup.actor, setup.reference, setup.generator, setup.tokenizer, setup.reward, batch_prompts,
+                      batch_ids, config, gold_fn=setup.gold_fn)
         mask = exp.mask
         kl_estimator = "k3" if config.kl_in == "loss" else config.kl_estimator
         kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=kl_estimator) * mask  # (B, R)
 
         # 4. group advantages from the (KL-penalised when kl_in=reward) sequence rewards
         rewards = sequence_scores(exp.scores, kl, mask, kl_coef=config.kl_coef, kl_in=config.kl_in)
-        advantages = advantages_for(config, rewards)  # (B,)
+        advantages = advantages_fn(config, rewards)  # (B,)
+        if config.whiten_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         metrics = objective_metrics(exp, kl, kl_coef=config.kl_coef)
         groups = exp.scores.view(-1, n)
         metrics["objective/group_std"] = float(groups.std(1).mean())
         metrics["objective/zero_std_fraction"] = float((groups.std(1) == 0).float().mean())
 
         # 5. epochs over shuffled minibatches of the clipped surrogate (+ k3 KL when kl_in=loss)
-        def loss_fn(out, idx):
-            ref = exp.ref_logprobs[idx] if kl_loss_coef else None
-            result = grpo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
-                                      cliprange=config.cliprange, kl_coef=kl_loss_coef, ref_logprobs=ref,
-                                      **config.aggregation)
-            stats = {("policy/kl_k3" if k == "kl" else k): v for k, v in result.stats.items()}
-            return result.losses.mean(), stats
-
-        metrics.update(optimise(actor, exp, config, optimizer, scheduler, run.shuffle, loss_fn, values=False))
+        metrics.update(optimise(setup.actor, exp, config, optimizer, scheduler, run.shuffle,
+                                lambda out, idx: clipped_loss(out, exp, idx, advantages, config), values=False))
 
         # 6. log and checkpoint
         run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl"))
     run.close()
-    return save_model(policy, tokenizer, out_dir / "final", save_adapter_only=config.lora.save_adapter_only)
+    return save_model(policy, setup.tokenizer, setup.out_dir / "final", save_adapter_only=config.lora.save_adapter_only)

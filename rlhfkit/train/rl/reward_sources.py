@@ -14,7 +14,8 @@ and ``last_stats``, a dict of floats worth logging from its latest call.
 - :class:`WeightedSum`: Σ_k w_k · source_k, each component logged as ``reward/<name>``.
 
 :class:`RewardSettings` is the config block PPO, GRPO and RLOO share; :func:`build_reward_source`
-turns it into one source.
+turns it into one source. Not here: the reward-model folder format and its scoring
+(:mod:`rlhfkit.models.reward_model`), training a reward model (:mod:`rlhfkit.train.reward_model`).
 """
 
 from __future__ import annotations
