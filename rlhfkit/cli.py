@@ -34,15 +34,15 @@ STAGES: dict[str, Stage] = {
 
 # Stages added by later modules register here when those modules exist.
 OPTIONAL_STAGES: dict[str, Stage] = {
-    "reward": Stage("rlhfkit.train.reward", "RewardConfig", "run_reward",
+    "reward": Stage("rlhfkit.train.reward_model", "RewardConfig", "run_reward",
                     "train a reward model from pairwise preferences and rankings"),
-    "dpo": Stage("rlhfkit.train.preference", "DPOConfig", "run_dpo", "DPO / IPO / hinge / robust DPO"),
-    "orpo": Stage("rlhfkit.train.preference", "ORPOConfig", "run_orpo", "ORPO (no reference model)"),
-    "simpo": Stage("rlhfkit.train.preference", "SimPOConfig", "run_simpo", "SimPO (no reference model)"),
-    "kto": Stage("rlhfkit.train.preference", "KTOConfig", "run_kto", "KTO on unpaired or split pairwise data"),
-    "ppo": Stage("rlhfkit.train.ppo", "PPOConfig", "run_ppo", "PPO against a reward with a KL penalty"),
-    "grpo": Stage("rlhfkit.train.group", "GRPOConfig", "run_grpo", "GRPO: group-normalised advantages"),
-    "rloo": Stage("rlhfkit.train.group", "RLOOConfig", "run_rloo", "RLOO: leave-one-out baseline"),
+    "dpo": Stage("rlhfkit.train.direct.dpo", "DPOConfig", "run_dpo", "DPO / IPO / hinge / robust DPO"),
+    "orpo": Stage("rlhfkit.train.direct.orpo", "ORPOConfig", "run_orpo", "ORPO (no reference model)"),
+    "simpo": Stage("rlhfkit.train.direct.simpo", "SimPOConfig", "run_simpo", "SimPO (no reference model)"),
+    "kto": Stage("rlhfkit.train.direct.kto", "KTOConfig", "run_kto", "KTO on unpaired or split pairwise data"),
+    "ppo": Stage("rlhfkit.train.rl.ppo", "PPOConfig", "run_ppo", "PPO against a reward with a KL penalty"),
+    "grpo": Stage("rlhfkit.train.rl.grpo", "GRPOConfig", "run_grpo", "GRPO: group-normalised advantages"),
+    "rloo": Stage("rlhfkit.train.rl.rloo", "RLOOConfig", "run_rloo", "RLOO: leave-one-out baseline"),
     "judge": Stage("rlhfkit.feedback.judging", "JudgeRunConfig", "run_judge",
                    "AI preference labels (RLAIF): a judge compares candidate responses"),
     "constitution": Stage("rlhfkit.feedback.constitution.run", "ConstitutionConfig", "run_constitution",

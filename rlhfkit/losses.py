@@ -74,7 +74,7 @@ def _reward_stats(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str,
     }
 
 
-def _preference_stats(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> dict[str, Tensor]:
+def preference_stats(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> dict[str, Tensor]:
     """DPO-style implicit rewards β·log(π/π_ref) of chosen and rejected, as TRL logs them."""
     c, r = beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
     return {
@@ -215,7 +215,7 @@ def dpo_loss(
         p = label_prob * (1.0 - label_smoothing) + (1.0 - label_prob) * label_smoothing
     return LossOutput(
         losses=_soft_logistic(logits, p),
-        stats=_preference_stats(chosen_logratios, rejected_logratios, beta=beta),
+        stats=preference_stats(chosen_logratios, rejected_logratios, beta=beta),
     )
 
 
@@ -240,7 +240,7 @@ def robust_dpo_loss(
     logits = beta * (chosen_logratios - rejected_logratios)
     eps = label_smoothing
     losses = ((1.0 - eps) * -F.logsigmoid(logits) - eps * -F.logsigmoid(-logits)) / (1.0 - 2.0 * eps)
-    return LossOutput(losses=losses, stats=_preference_stats(chosen_logratios, rejected_logratios, beta=beta))
+    return LossOutput(losses=losses, stats=preference_stats(chosen_logratios, rejected_logratios, beta=beta))
 
 
 def hinge_dpo_loss(
@@ -259,7 +259,7 @@ def hinge_dpo_loss(
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
     losses = torch.relu(1.0 - beta * (chosen_logratios - rejected_logratios))
-    return LossOutput(losses=losses, stats=_preference_stats(chosen_logratios, rejected_logratios, beta=beta))
+    return LossOutput(losses=losses, stats=preference_stats(chosen_logratios, rejected_logratios, beta=beta))
 
 
 def ipo_loss(
@@ -281,7 +281,7 @@ def ipo_loss(
     chosen_logratios = policy_chosen_avg_logps - ref_chosen_avg_logps
     rejected_logratios = policy_rejected_avg_logps - ref_rejected_avg_logps
     losses = (chosen_logratios - rejected_logratios - 1.0 / (2.0 * beta)) ** 2
-    return LossOutput(losses=losses, stats=_preference_stats(chosen_logratios, rejected_logratios, beta=beta))
+    return LossOutput(losses=losses, stats=preference_stats(chosen_logratios, rejected_logratios, beta=beta))
 
 
 DPO_LOSSES: dict[str, Callable[..., LossOutput]] = {
@@ -333,7 +333,7 @@ def simpo_loss(chosen_avg_logps: Tensor, rejected_avg_logps: Tensor, *, beta: fl
     logits = beta * (chosen_avg_logps - rejected_avg_logps) - gamma
     return LossOutput(
         losses=-F.logsigmoid(logits),
-        stats=_preference_stats(chosen_avg_logps, rejected_avg_logps, beta=beta),
+        stats=preference_stats(chosen_avg_logps, rejected_avg_logps, beta=beta),
     )
 
 

@@ -179,7 +179,7 @@ class DemoContext:
         return self._cache[key]
 
     def _scorer(self):
-        from rlhfkit.models.reward import load_scorer
+        from rlhfkit.models.reward_model import load_scorer
 
         if "scorer" not in self._cache:
             self._cache["scorer"] = load_scorer(self.reward)
@@ -194,7 +194,7 @@ def train_stage(out: Path, config: DemoConfig, stage_cls, run, name: str, model:
                 budget: DemoStageConfig, *, resume: bool, save_every: int = 100, **extra) -> Path:
     """One supervised stage of the demo (pre-training, SFT, the AI-feedback models) into
     ``<out>/<name>/final``; a stage whose final folder exists is not run again."""
-    from rlhfkit.train.options import OptimConfig
+    from rlhfkit.train.run import OptimConfig
 
     stage_dir = out / name
     if not stage_done(stage_dir):

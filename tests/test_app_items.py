@@ -172,7 +172,7 @@ def test_sample_candidates_uses_the_rollout_api(monkeypatch):
 
 
 class RewardScorerLike:
-    """rlhfkit.models.reward.RewardScorer's shape: score() -> means alone; score_with_std() for ensembles."""
+    """rlhfkit.models.reward_model.RewardScorer's shape: score() -> means alone; score_with_std() for ensembles."""
 
     def __init__(self, members):
         self.ensemble_size = members

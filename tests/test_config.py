@@ -71,7 +71,7 @@ def test_help_shows_field_docs():
 def test_max_prompt_length_must_leave_room_for_the_completion(max_prompt_length):
     # truncation keeps max_prompt_length prompt tokens and fills max_length with the completion:
     # room 128 − 128 = 0 would give an empty completion, 128 − 200 < 0 would keep too many tokens
-    from rlhfkit.train.preference import DPOConfig
+    from rlhfkit.train.direct.dpo import DPOConfig
 
     config = DPOConfig(model="m", data="d.jsonl", max_length=128, max_prompt_length=max_prompt_length)
     with pytest.raises(ConfigError, match=rf"max_prompt_length \({max_prompt_length}\) must be positive and below max_length \(128\)"):

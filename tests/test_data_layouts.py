@@ -11,7 +11,7 @@ from rlhfkit.data.layouts import (LayoutError, LayoutOptions, hh_to_pairwise, pa
                                   split_hh_pair)
 from rlhfkit.data.records import DataError, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_sft_records
-from rlhfkit.train import preference_data as D
+from rlhfkit.train.direct import batches as D
 
 NAMES = ["dax", "wug", "zorp", "fep", "blick", "toma"]
 TEXT, MESSAGES = LayoutOptions(hh_messages=False), LayoutOptions(hh_messages=True)
@@ -189,7 +189,7 @@ def test_unpaired_and_sft_completions_that_repeat_the_prompt(tmp_path):
 
 
 def test_scores_become_the_margin_only_on_request(tmp_path, tiny_tokenizer):
-    from rlhfkit.train.reward import RewardConfig, encode_groups
+    from rlhfkit.train.reward_model import RewardConfig, encode_groups
 
     path = write(tmp_path / "uf.jsonl", ultrafeedback_rows(2))
     plain = load_records(path, "preference")
@@ -250,7 +250,7 @@ def test_template_failure_is_a_data_error_with_file_and_line(tmp_path, strict_to
                        source=str(path))
     assert (info.value.line, info.value.field) == (3, "rejected")
 
-    from rlhfkit.train.reward import RewardConfig, encode_groups
+    from rlhfkit.train.reward_model import RewardConfig, encode_groups
 
     data = load_records(path, "preference")
     with pytest.raises(DataError, match="roles must alternate") as info:
@@ -290,7 +290,7 @@ LAYOUTS = {"hh": hh_rows, "ultrafeedback": ultrafeedback_rows}
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_reward_model_trains_on_the_layout(tiny_model_dir, tmp_path, one_torch_thread, layout):
-    from rlhfkit.train.reward import RewardConfig, run_reward
+    from rlhfkit.train.reward_model import RewardConfig, run_reward
     from rlhfkit.train.sft import OptimConfig
 
     data = write(tmp_path / f"{layout}.jsonl", LAYOUTS[layout](8))
@@ -313,7 +313,7 @@ def test_reward_model_trains_on_the_layout(tiny_model_dir, tmp_path, one_torch_t
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_dpo_trains_on_the_layout(tiny_model_dir, tmp_path, one_torch_thread, layout):
-    from rlhfkit.train.preference import DPOConfig, run_dpo
+    from rlhfkit.train.direct.dpo import DPOConfig, run_dpo
     from rlhfkit.train.sft import OptimConfig
 
     data = write(tmp_path / f"{layout}.jsonl", LAYOUTS[layout](8))

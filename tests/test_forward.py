@@ -9,8 +9,8 @@ import torch
 
 from rlhfkit.data.tokenize import pad_batch
 from rlhfkit.models.forward import last_token_scores, policy_forward, sequence_logprobs, token_values
-from rlhfkit.models.reward import reward_forward
-from rlhfkit.train.rl_common import ActorCritic
+from rlhfkit.models.reward_model import reward_forward
+from rlhfkit.train.rl.policy import ActorCritic
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

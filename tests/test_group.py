@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError
-from rlhfkit.rewards import RewardSettings
+from rlhfkit.train.rl.reward_sources import RewardSettings
 from rlhfkit.rollout.base import SamplingConfig
-from rlhfkit.train.group import GRPOConfig, RLOOConfig, advantages_for, run_grpo, run_rloo, sequence_scores
-from rlhfkit.train.options import OptimConfig
+from rlhfkit.train.rl import grpo, rloo
+from rlhfkit.train.rl.grpo import GRPOConfig, run_grpo, sequence_scores
+from rlhfkit.train.rl.rloo import RLOOConfig, run_rloo
+from rlhfkit.train.run import OptimConfig
 
 REWARDS = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 3.0])  # two prompts, n = 3, group-contiguous
 
@@ -22,19 +24,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_grpo_advantages_by_hand():
     # group 1: mean 2, unbiased std sqrt((1 + 0 + 1) / 2) = 1      → [−1, 0, 1] / (1 + 1e-4)
     # group 2: mean 1, unbiased std sqrt((1 + 1 + 4) / 2) = √3     → [−1, −1, 2] / (√3 + 1e-4)
-    adv = advantages_for(GRPOConfig(num_generations=3), REWARDS)
+    adv = grpo.sequence_advantages(GRPOConfig(num_generations=3), REWARDS)
     s3 = math.sqrt(3) + 1e-4
     expected = torch.tensor([-1 / 1.0001, 0.0, 1 / 1.0001, -1 / s3, -1 / s3, 2 / s3])
     assert torch.allclose(adv, expected, atol=1e-6)
     # Dr. GRPO: centred only
-    adv = advantages_for(GRPOConfig(num_generations=3, scale_by_std=False), REWARDS)
+    adv = grpo.sequence_advantages(GRPOConfig(num_generations=3, scale_by_std=False), REWARDS)
     assert torch.allclose(adv, torch.tensor([-1.0, 0.0, 1.0, -1.0, -1.0, 2.0]))
 
 
 def test_rloo_advantages_by_hand():
     # r_i − mean of the other two: 1 − (2+3)/2 = −1.5, 2 − 2 = 0, 3 − 1.5 = 1.5 ;
     # 0 − (0+3)/2 = −1.5 (twice), 3 − 0 = 3
-    adv = advantages_for(RLOOConfig(num_generations=3), REWARDS)
+    adv = rloo.sequence_advantages(RLOOConfig(num_generations=3), REWARDS)
     assert torch.allclose(adv, torch.tensor([-1.5, 0.0, 1.5, -1.5, -1.5, 3.0]))
 
 
@@ -98,7 +100,7 @@ def test_dr_grpo_needs_both_of_its_changes():
 
 
 def test_token_mean_micro_batches_add_up_to_the_minibatch_token_mean():
-    from rlhfkit.train.rl_common import micro_batch_weights
+    from rlhfkit.train.rl.update import micro_batch_weights
 
     # minibatch rows 0..3 with 3, 1, 2, 2 tokens, cut into two micro-batches [0, 1] and [2, 3]:
     # their token means are weighted by 4/8 and 4/8 (here equal), e.g. rows [0, 2] | [1, 3]: 5/8 and 3/8

@@ -474,7 +474,7 @@ def test_build_judge_builds_each_kind(tmp_path, monkeypatch, tiny_model_dir):
     assert judge.concurrency == 2 and judge.name == "http:m"
     local = build_judge(JudgeConfig(kind="local", model=str(tiny_model_dir), batch_size=2))
     assert isinstance(local, LocalLMJudge) and local.batch_size == 2 and local.name == "local:model"
-    monkeypatch.setattr("rlhfkit.models.reward.load_scorer", lambda path, batch_size: StubScorer({}))
+    monkeypatch.setattr("rlhfkit.models.reward_model.load_scorer", lambda path, batch_size: StubScorer({}))
     assert isinstance(build_judge(JudgeConfig(kind="reward", model="rm")), RewardModelJudge)
     monkeypatch.setitem(sys.modules, "my_judges", types.ModuleType("my_judges"))
     sys.modules["my_judges"].half = lambda p, a, b: 0.5

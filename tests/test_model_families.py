@@ -17,10 +17,10 @@ from rlhfkit.data.tokenize import encode_completion, encode_prompt, pad_batch
 from rlhfkit.models.families import CONVENTIONS, FAMILIES, create_tiny_family
 from rlhfkit.models.forward import sequence_logprobs
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.rewards import RewardSettings
+from rlhfkit.train.rl.reward_sources import RewardSettings
 from rlhfkit.rollout.base import SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train.options import OptimConfig
+from rlhfkit.train.run import OptimConfig
 
 from conftest import TEXTS
 
@@ -76,7 +76,7 @@ def data(family, tmp_path_factory):
 
 
 def reward_config(model_dir, data, out):
-    from rlhfkit.train.reward import RewardConfig
+    from rlhfkit.train.reward_model import RewardConfig
 
     return RewardConfig(model=str(model_dir), data=str(data["prefs"]), output_dir=str(out), batch_size=4,
                         max_length=64, max_steps=2, optim=OPTIM, eval_fraction=0.0, log_every=1, save_every=0,
@@ -85,7 +85,7 @@ def reward_config(model_dir, data, out):
 
 @pytest.fixture(scope="session")
 def reward_dir(model_dir, data, tmp_path_factory):
-    from rlhfkit.train.reward import run_reward
+    from rlhfkit.train.reward_model import run_reward
 
     return run_reward(reward_config(model_dir, data, tmp_path_factory.mktemp("rm") / "run"))
 
@@ -167,7 +167,7 @@ def test_sft(family, model_dir, data, tmp_path):
 def test_reward_model_loads_with_plain_transformers_and_scores_where_rlhfkit_does(family, reward_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhfkit.models.reward import encode_pair_texts, load_scorer, reward_forward
+    from rlhfkit.models.reward_model import encode_pair_texts, load_scorer, reward_forward
 
     model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
     tok = load_tokenizer(reward_dir)
@@ -192,7 +192,7 @@ def test_reward_model_loads_with_plain_transformers_and_scores_where_rlhfkit_doe
 def test_direct_method(family, model_dir, data, tmp_path, method):
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train import preference as P
+    from rlhfkit.train import direct as P
 
     cls, run = {"dpo": (P.DPOConfig, P.run_dpo), "kto": (P.KTOConfig, P.run_kto),
                 "orpo": (P.ORPOConfig, P.run_orpo), "simpo": (P.SimPOConfig, P.run_simpo)}[method]
@@ -219,7 +219,7 @@ def test_ppo_first_kl_zero_and_ratio_one_on_left_padded_batches(family, model_di
                                                                  value_model):
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.ppo import PPOConfig, run_ppo
+    from rlhfkit.train.rl.ppo import PPOConfig, run_ppo
 
     out = tmp_path / "ppo"
     final = run_ppo(PPOConfig(model=str(model_dir), prompts=str(data["prompts"]), output_dir=str(out),
@@ -238,7 +238,8 @@ def test_ppo_first_kl_zero_and_ratio_one_on_left_padded_batches(family, model_di
 def test_group_method(family, model_dir, data, tmp_path, method):
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.train.group import GRPOConfig, RLOOConfig, run_grpo, run_rloo
+    from rlhfkit.train.rl.grpo import GRPOConfig, run_grpo
+    from rlhfkit.train.rl.rloo import RLOOConfig, run_rloo
 
     cls, run = (GRPOConfig, run_grpo) if method == "grpo" else (RLOOConfig, run_rloo)
     out = tmp_path / method

@@ -10,12 +10,14 @@ import torch
 from rlhfkit.config import ConfigError, describe
 from rlhfkit.models.forward import sequence_logprobs, token_values
 from rlhfkit.models.loading import LoraSettings, load_causal_lm
-from rlhfkit.rewards import PythonRewardSource
+from rlhfkit.train.rl.reward_sources import PythonRewardSource
 from rlhfkit.rollout.base import Rollout, SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train.ppo import PPOConfig, run_ppo, token_rewards
-from rlhfkit.train.rl_common import ActorCritic, Reference, RLConfig, collect
-from rlhfkit.train.options import OptimConfig
+from rlhfkit.train.rl.policy import ActorCritic, Reference
+from rlhfkit.train.rl.ppo import PPOConfig, run_ppo, token_rewards
+from rlhfkit.train.rl.rollout import collect
+from rlhfkit.train.rl.run import RLConfig
+from rlhfkit.train.run import OptimConfig
 
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]
 
@@ -145,7 +147,7 @@ def test_lora_reference_is_the_base_model(tiny_model_dir, tiny_tokenizer):
 
 def test_critic_values_match_the_reward_model_at_the_last_token(tiny_model_dir, tiny_tokenizer):
     from rlhfkit.data.tokenize import pad_batch
-    from rlhfkit.models.reward import load_reward_model, reward_forward
+    from rlhfkit.models.reward_model import load_reward_model, reward_forward
 
     critic = load_reward_model(tiny_model_dir)
     ids, mask = pad_batch(encode(tiny_tokenizer, PROMPTS[:3]), tiny_tokenizer.pad_token_id)
@@ -211,7 +213,7 @@ def test_ppo_raises_a_python_reward_with_sane_invariants(tiny_model_dir, prompt_
 def test_resume_equals_uninterrupted(tiny_model_dir, tiny_tokenizer, prompt_file, tmp_path):
     # critic from a reward-model folder, adaptive KL, running score normalisation and PPO-ptx: every
     # piece of state must come back. 2 steps + resume 2 more == 4 steps uninterrupted (fp32, CPU).
-    from rlhfkit.models.reward import load_reward_model
+    from rlhfkit.models.reward_model import load_reward_model
 
     load_reward_model(tiny_model_dir).save_pretrained(tmp_path / "critic")
     tiny_tokenizer.save_pretrained(tmp_path / "critic")
@@ -234,7 +236,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir, tiny_tokenizer, prompt_file
 
 
 def test_config_errors_are_clear(tiny_model_dir, prompt_file, tmp_path):
-    from rlhfkit.rewards import RewardSettings
+    from rlhfkit.train.rl.reward_sources import RewardSettings
 
     reward = RewardSettings(functions=["os.path:join"])
     with pytest.raises(ConfigError, match="value_model=reward needs reward.model"):

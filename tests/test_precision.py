@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from rlhfkit.models import precision as P
-from rlhfkit.train import common
+from rlhfkit.train import run
 
 
 @pytest.fixture
@@ -48,9 +48,9 @@ def test_explicit_choices_need_no_detection_and_unknown_ones_fail(cpu_with_bf16)
 def test_autocast_follows_the_resolution(cpu_without_bf16):
     import torch
 
-    with common.autocast("auto"):
+    with run.autocast("auto"):
         assert not torch.is_autocast_enabled("cpu")
-    with common.autocast("bf16"):
+    with run.autocast("bf16"):
         assert torch.is_autocast_enabled("cpu")
 
 
@@ -59,7 +59,7 @@ def test_start_run_resolves_auto_and_records_what_ran(cpu_without_bf16, tmp_path
 
     config = SFTConfig(model="m", data="d.jsonl", output_dir=str(tmp_path / "run"))
     assert config.precision == "auto"
-    common.start_run(config)
+    run.start_run(config)
     assert config.precision == "fp32"
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["precision"] == "fp32"
 

@@ -8,9 +8,14 @@ import random
 import pytest
 import torch
 
-from rlhfkit.train import preference as P
-from rlhfkit.train import preference_data as D
-from rlhfkit.train.preference import (DPOConfig, KTOConfig, ORPOConfig, SimPOConfig, run_dpo, run_kto, run_orpo,
+from rlhfkit.train import run as run_module
+from rlhfkit.train.direct import batches as D
+from rlhfkit.train.direct import preference as P
+from rlhfkit.train.direct.dpo import dpo_objective
+from rlhfkit.train.direct.kto import kto_objective
+from rlhfkit.train.direct.orpo import orpo_objective
+from rlhfkit.train.direct.simpo import simpo_objective
+from rlhfkit.train.direct import (DPOConfig, KTOConfig, ORPOConfig, SimPOConfig, run_dpo, run_kto, run_orpo,
                                       run_simpo)
 from rlhfkit.train.sft import OptimConfig
 
@@ -135,7 +140,7 @@ def test_cached_reference_equals_fresh_and_is_reused(tiny_model_dir, prefs, tmp_
     config = make(DPOConfig, tiny_model_dir, prefs, out, max_steps=2)
     run_dpo(config)
     blob = torch.load(out / P.REFERENCE_FILE, weights_only=True)
-    splits, _ = P._load(config, P.dpo_objective(config), load_tokenizer(tiny_model_dir))
+    splits, _ = P.load_splits(config, dpo_objective(config), load_tokenizer(tiny_model_dir))
     assert len(splits["eval"]) == 3  # 5% of 60 records held out
     model = load_causal_lm(tiny_model_dir).eval()
     with torch.no_grad():
@@ -205,12 +210,12 @@ def logps(values, requires_grad=True, count=4.0):
 
 
 @pytest.mark.parametrize("objective", [
-    P.dpo_objective(DPOConfig(model="m", data="d")),
-    P.dpo_objective(DPOConfig(model="m", data="d", loss_type="ipo")),
-    P.dpo_objective(DPOConfig(model="m", data="d", loss_type="hinge")),
-    P.dpo_objective(DPOConfig(model="m", data="d", loss_type="robust", label_smoothing=0.2)),
-    P.orpo_objective(ORPOConfig(model="m", data="d")),
-    P.simpo_objective(SimPOConfig(model="m", data="d")),
+    dpo_objective(DPOConfig(model="m", data="d")),
+    dpo_objective(DPOConfig(model="m", data="d", loss_type="ipo")),
+    dpo_objective(DPOConfig(model="m", data="d", loss_type="hinge")),
+    dpo_objective(DPOConfig(model="m", data="d", loss_type="robust", label_smoothing=0.2)),
+    orpo_objective(ORPOConfig(model="m", data="d")),
+    simpo_objective(SimPOConfig(model="m", data="d")),
 ], ids=["dpo", "ipo", "hinge", "robust", "orpo", "simpo"])
 def test_gradient_signs_of_pair_objectives(objective):
     # at policy == reference every loss wants chosen up and rejected down: d loss / d chosen < 0 < d / d rejected
@@ -224,7 +229,7 @@ def test_gradient_signs_of_pair_objectives(objective):
 
 def test_soft_label_below_half_reverses_the_gradient():
     # dpo_loss with label p at h = 0: d loss / d h = β(σ(0) − p); p = 0.2 → +0.03 for chosen, p = 0.9 → −0.04
-    objective = P.dpo_objective(DPOConfig(model="m", data="d", beta=0.1))
+    objective = dpo_objective(DPOConfig(model="m", data="d", beta=0.1))
     chosen, rejected = logps([-8.0, -8.0]), logps([-9.0, -9.0])
     ref = {"chosen": logps([-8.0, -8.0], False), "rejected": logps([-9.0, -9.0], False)}
     batch = [D.Example({}, label_prob=0.2), D.Example({}, label_prob=0.9)]
@@ -239,7 +244,7 @@ def test_soft_label_below_half_reverses_the_gradient():
 
 def test_gradient_signs_of_kto():
     # desirable: d loss / d log π < 0 (push up); undesirable: > 0 (push down); the KL pairs get no gradient
-    objective = P.kto_objective(KTOConfig(model="m", data="d"))
+    objective = kto_objective(KTOConfig(model="m", data="d"))
     completion = logps([-8.0, -8.0])
     kl = logps([-10.0, -10.0], requires_grad=False)
     ref = {"completion": logps([-8.0, -8.0], False), "kl": logps([-10.0, -10.0], False)}
@@ -260,7 +265,7 @@ def test_resume_equals_uninterrupted_and_reuses_the_reference(tiny_model_dir, pr
     class Stop(Exception):
         pass
 
-    original = P.common.save_checkpoint
+    original = run_module.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         path = original(*args, **kwargs)
@@ -268,10 +273,10 @@ def test_resume_equals_uninterrupted_and_reuses_the_reference(tiny_model_dir, pr
             raise Stop
         return path
 
-    monkeypatch.setattr(P.common, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         run_dpo(half)
-    monkeypatch.setattr(P.common, "save_checkpoint", original)
+    monkeypatch.setattr(run_module, "save_checkpoint", original)
     monkeypatch.setattr(D, "compute_reference", lambda *a, **k: pytest.fail("--resume recomputed the reference"))
     resumed = run_dpo(half, resume=True)
 

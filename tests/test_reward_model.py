@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from rlhfkit.models.reward import RewardScorer, load_reward_model, load_scorer
-from rlhfkit.train.reward import RewardConfig, run_reward
+from rlhfkit.models.reward_model import RewardScorer, load_reward_model, load_scorer
+from rlhfkit.train.reward_model import RewardConfig, run_reward
 from rlhfkit.train.sft import OptimConfig
 
 NAMES = ["dax", "wug", "zorp", "fep", "blick", "toma"]
@@ -123,7 +123,7 @@ def calibrated_groups(n, *, temperature=1.0, sd=0.7, seed=0):
     """Pairs (a_i, b_i) with rewards ~ N(0, sd), so r_a - r_b ~ N(0, 2 sd²); annotators prefer a with
     P = σ((r_a - r_b) / T), and the record stores the preferred one first with label 1, as encode_groups does."""
     from rlhfkit.evaluate.metrics import sigmoid
-    from rlhfkit.train.reward import Group
+    from rlhfkit.train.reward_model import Group
 
     rng = random.Random(seed)
     rewards, groups = {}, []
@@ -138,7 +138,7 @@ def calibrated_groups(n, *, temperature=1.0, sd=0.7, seed=0):
 def test_evaluate_reward_ece_of_a_calibrated_model_is_near_zero():
     # Regression (issue 11): chosen-first pairs made every label 1, so "ece" was 1 - mean σ(r_c - r_r),
     # 0.41 here for a perfectly calibrated model. Counted in both orders it is ~0, and T fits ~1.
-    from rlhfkit.train.reward import evaluate_reward
+    from rlhfkit.train.reward_model import evaluate_reward
 
     scorer, groups = calibrated_groups(10000, seed=0)
     report = evaluate_reward(scorer, groups)
@@ -149,7 +149,7 @@ def test_evaluate_reward_ece_of_a_calibrated_model_is_near_zero():
 
 def test_evaluate_reward_fits_the_temperature_of_an_overconfident_model():
     # annotators prefer with σ(Δr / 2): σ(Δr) is overconfident; T ≈ 2 and scaling removes most of the ECE
-    from rlhfkit.train.reward import evaluate_reward
+    from rlhfkit.train.reward_model import evaluate_reward
 
     scorer, groups = calibrated_groups(6000, temperature=2.0, sd=1.5, seed=1)
     report = evaluate_reward(scorer, groups)
@@ -158,7 +158,7 @@ def test_evaluate_reward_fits_the_temperature_of_an_overconfident_model():
 
 
 def test_evaluate_reward_uses_soft_labels_by_hand():
-    from rlhfkit.train.reward import Group, evaluate_reward
+    from rlhfkit.train.reward_model import Group, evaluate_reward
 
     # one pair, margin ln 3 -> σ = 0.75, label_prob 2/3 (two of three voters): counted both ways,
     # (0.75, 2/3) and (0.25, 1/3) each off by 0.75 - 2/3 = 1/12 -> ECE 0.083333
@@ -177,7 +177,7 @@ def test_evaluate_reward_uses_soft_labels_by_hand():
 def test_temperature_is_stored_and_changes_only_calibrated_probabilities(tiny_model_dir, tiny_tokenizer, tmp_path):
     import shutil
 
-    from rlhfkit.models.reward import TEMPERATURE_KEY, read_temperature, write_temperature
+    from rlhfkit.models.reward_model import TEMPERATURE_KEY, read_temperature, write_temperature
 
     folder = tmp_path / "rm"  # a reward model folder: its score head is saved, so every load scores alike
     load_reward_model(tiny_model_dir).save_pretrained(folder)

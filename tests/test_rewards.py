@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.rewards import (HTTPRewardSource, PythonRewardSource, RewardModelSource, RewardSettings, WeightedSum,
-                             build_reward_source, load_function)
+from rlhfkit.train.rl.reward_sources import (HTTPRewardSource, PythonRewardSource, RewardModelSource, RewardSettings,
+                                             WeightedSum, build_reward_source, load_function)
 
 PROMPTS = ["User: what color is the dax?\nAssistant:"] * 3
 
@@ -108,7 +108,7 @@ def test_http_source_batches_retries_and_fails_clearly(server):
 
 def test_ensemble_source_is_mean_minus_lambda_std(tiny_model_dir, tmp_path):
     from rlhfkit.models.loading import load_tokenizer
-    from rlhfkit.models.reward import load_reward_model
+    from rlhfkit.models.reward_model import load_reward_model
 
     tokenizer = load_tokenizer(tiny_model_dir)
     for k in range(2):
@@ -138,7 +138,7 @@ def test_settings_build_and_validate(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="reward.weights has 1 entries but there are 2"):
         RewardSettings(functions=["r2:one", "r2:one"], weights=[1.0]).validate()
     # dotted CLI overrides reach the nested list fields
-    from rlhfkit.train.ppo import PPOConfig
+    from rlhfkit.train.rl.ppo import PPOConfig
 
     config = load_config(PPOConfig, None, ["model=m", "prompts=p.jsonl", "reward.functions=r2:one,r2:one",
                                            "reward.weights=[1, 0.5]", "value_model=head"])

@@ -10,8 +10,8 @@ import torch
 
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.models.reward import BIAS_KEY, load_reward_model, load_scorer
-from rlhfkit.rewards import HTTPRewardSource, RewardModelSource, RewardSettings
+from rlhfkit.models.reward_model import BIAS_KEY, load_reward_model, load_scorer
+from rlhfkit.train.rl.reward_sources import HTTPRewardSource, RewardModelSource, RewardSettings
 from rlhfkit.serve import running_model_server
 
 pytest.importorskip("fastapi")
@@ -250,8 +250,8 @@ def test_a_failing_model_is_a_500_with_an_openai_error_not_a_traceback():
 @pytest.mark.slow
 def test_ppo_runs_against_the_served_reward_model(server, tiny_model_dir, tmp_path):
     from rlhfkit.rollout.base import SamplingConfig
-    from rlhfkit.train.options import OptimConfig
-    from rlhfkit.train.ppo import PPOConfig, run_ppo
+    from rlhfkit.train.rl.ppo import PPOConfig, run_ppo
+    from rlhfkit.train.run import OptimConfig
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 4))

@@ -60,12 +60,12 @@ def test_resume_equals_uninterrupted(tiny_model_dir, sft_data, tmp_path):
     full = run_sft(make_config(tiny_model_dir, sft_data, tmp_path / "full", max_steps=2 * n))
     half_cfg = make_config(tiny_model_dir, sft_data, tmp_path / "half", max_steps=2 * n, save_every=n)
     # simulate the interruption: run the first n steps with max_steps=n but the same schedule length
-    import rlhfkit.train.sft as sft_module
+    import rlhfkit.train.run as run_module
 
     class Stop(Exception):
         pass
 
-    original = sft_module.common.save_checkpoint
+    original = run_module.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         path = original(*args, **kwargs)
@@ -73,12 +73,12 @@ def test_resume_equals_uninterrupted(tiny_model_dir, sft_data, tmp_path):
             raise Stop
         return path
 
-    sft_module.common.save_checkpoint = save_then_stop
+    run_module.save_checkpoint = save_then_stop
     try:
         with pytest.raises(Stop):
             run_sft(half_cfg)
     finally:
-        sft_module.common.save_checkpoint = original
+        run_module.save_checkpoint = original
     resumed = run_sft(half_cfg, resume=True)
 
     from safetensors.torch import load_file

@@ -52,7 +52,7 @@ def _supervised(ctx, name: str, model: Path, records: list[dict] | Path, steps: 
     a checkpoint does)."""
     from rlhfkit.data.records import write_jsonl
     from rlhfkit.pipeline import DemoStageConfig, stage_done, train_stage
-    from rlhfkit.train import common
+    from rlhfkit.train.run import latest_checkpoint
     from rlhfkit.train.sft import SFTConfig, run_sft
 
     out = ctx.out / name
@@ -61,7 +61,7 @@ def _supervised(ctx, name: str, model: Path, records: list[dict] | Path, steps: 
     data = records if isinstance(records, Path) else write_jsonl(records, ctx.out / "data" / f"{name}.jsonl")
     budget = DemoStageConfig(max_steps=steps, learning_rate=lr, batch_size=16 if ctx.quick else 32)
     return train_stage(ctx.out, ctx.config, SFTConfig, run_sft, name, model, data, budget,
-                       resume=common.latest_checkpoint(out) is not None, save_every=0 if ctx.quick else 200,
+                       resume=latest_checkpoint(out) is not None, save_every=0 if ctx.quick else 200,
                        max_length=max_length)
 
 

@@ -44,11 +44,11 @@ QUICK_STEPS = 6
 def method_config(ctx, name: str, recipe: Recipe | None = None, *, model: Path | None = None, data: Path | None = None):
     """The config of one demo method (also used by tuning scripts with a modified recipe, and by the
     AI-feedback step with its own preferences and starting model)."""
-    from rlhfkit.train import preference
+    from rlhfkit.train import direct
     from rlhfkit.train.sft import OptimConfig
 
     recipe = recipe or RECIPES[name]
-    cls = getattr(preference, recipe.config)
+    cls = getattr(direct, recipe.config)
     return cls(model=str(model or ctx.sft), data=str(data or ctx.prefs), output_dir=str(ctx.out / name), max_length=128,
                eval_fraction=0.05, batch_size=8 if ctx.quick else BATCH_SIZE,
                max_steps=QUICK_STEPS if ctx.quick else recipe.max_steps,
@@ -59,14 +59,15 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, *, model: Path |
 
 def train_method(ctx, name: str, recipe: Recipe | None = None, *, model: Path | None = None,
                  data: Path | None = None) -> Path:
-    from rlhfkit.train import common, preference
+    from rlhfkit.train import direct
+    from rlhfkit.train.run import latest_checkpoint
 
     config = method_config(ctx, name, recipe, model=model, data=data)
     config.validate()
     final = Path(config.output_dir) / "final"
     if not (final / "config.json").exists():
-        run: Callable = getattr(preference, (recipe or RECIPES[name]).run)
-        run(config, resume=common.latest_checkpoint(config.output_dir) is not None)
+        run: Callable = getattr(direct, (recipe or RECIPES[name]).run)
+        run(config, resume=latest_checkpoint(config.output_dir) is not None)
     return final
 
 

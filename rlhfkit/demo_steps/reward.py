@@ -125,10 +125,10 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
     Calibration is measured against the panel's soft labels (``label_prob``, its vote share) of the
     held-out pairs: ``ece`` of σ(r_c − r_r), ``ece_calibrated`` after temperature scaling (T
     cross-fitted on two halves of the held-out pairs), and ``temperature``, fitted on all of them and
-    stored with the model (see :func:`rlhfkit.train.reward.evaluate_reward`)."""
+    stored with the model (see :func:`rlhfkit.train.reward_model.evaluate_reward`)."""
     from rlhfkit.data.records import load_records
-    from rlhfkit.models.reward import load_scorer
-    from rlhfkit.train.reward import RewardConfig, run_reward
+    from rlhfkit.models.reward_model import load_scorer
+    from rlhfkit.train.reward_model import RewardConfig, run_reward
     from rlhfkit.train.sft import OptimConfig
 
     out = ctx.out / "reward"

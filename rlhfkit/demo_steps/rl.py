@@ -43,12 +43,12 @@ _PPO = {**_SHARED, "kl_coef": 0.5, "vf_coef": 0.1, "value_model": "reward", "val
 # std, 0.60 without, at lr 1e-4, kl_coef 0.3); with token sums over a constant instead of per-response
 # means (loss_aggregation=seq_sum_norm) it is Dr. GRPO (Liu et al. 2025), both of its changes.
 RECIPES: dict[str, Recipe] = {
-    "ppo": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.ppo", _PPO),
-    "ppo_no_kl": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.ppo", {**_PPO, "kl_coef": 0.0, "total_steps": 60}),
-    "grpo": Recipe("GRPOConfig", "run_grpo", "rlhfkit.train.group",
+    "ppo": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.rl.ppo", _PPO),
+    "ppo_no_kl": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.rl.ppo", {**_PPO, "kl_coef": 0.0, "total_steps": 60}),
+    "grpo": Recipe("GRPOConfig", "run_grpo", "rlhfkit.train.rl.grpo",
                    {**_SHARED, "learning_rate": 1e-4, "num_generations": 4, "kl_in": "loss", "kl_coef": 0.3,
                     "scale_by_std": False, "loss_aggregation": "seq_sum_norm"}),
-    "rloo": Recipe("RLOOConfig", "run_rloo", "rlhfkit.train.group",
+    "rloo": Recipe("RLOOConfig", "run_rloo", "rlhfkit.train.rl.rloo",
                    {**_SHARED, "num_generations": 4, "kl_in": "reward", "kl_coef": 0.5}),
 }
 QUICK = {"total_steps": 3, "batch_size": 8, "num_generations": 2}
@@ -58,9 +58,9 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
     """The config of one demo method (tuning scripts pass a modified recipe or overrides)."""
     import importlib
 
-    from rlhfkit.rewards import RewardSettings
+    from rlhfkit.train.rl.reward_sources import RewardSettings
     from rlhfkit.rollout.base import SamplingConfig
-    from rlhfkit.train.options import OptimConfig
+    from rlhfkit.train.run import OptimConfig
 
     recipe = recipe or RECIPES[name]
     params = {**recipe.params, **(QUICK if ctx.quick else {}), **overrides}
@@ -80,14 +80,14 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
 def train_method(ctx, name: str, recipe: Recipe | None = None, **overrides) -> Path:
     import importlib
 
-    from rlhfkit.train import common
+    from rlhfkit.train.run import latest_checkpoint
 
     recipe = recipe or RECIPES[name]
     config = method_config(ctx, name, recipe, **overrides)
     final = Path(config.output_dir) / "final"
     if not (final / "config.json").exists():
         run = getattr(importlib.import_module(recipe.module), recipe.run)
-        run(config, resume=common.latest_checkpoint(config.output_dir) is not None, gold_fn=ctx.task.gold_batch)
+        run(config, resume=latest_checkpoint(config.output_dir) is not None, gold_fn=ctx.task.gold_batch)
     return final
 
 

@@ -2,8 +2,8 @@
 
 A causal LM answers OpenAI's ``/v1/chat/completions`` (with logprobs), so the HTTP judge and any
 OpenAI client can use it; a reward model (or ensemble) answers ``/score``, the protocol of
-:class:`rlhfkit.rewards.HTTPRewardSource` (PPO's ``reward.url``). FastAPI and uvicorn come with
-``pip install 'rlhfkit[app]'``; nothing here imports them until a server is built.
+:class:`rlhfkit.train.rl.reward_sources.HTTPRewardSource` (PPO's ``reward.url``). FastAPI and
+uvicorn come with ``pip install 'rlhfkit[app]'``; nothing here imports them until a server is built.
 """
 
 from rlhfkit.serve.testing import running_model_server

@@ -32,7 +32,7 @@ def cmd_serve(args) -> int:
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from rlhfkit.models.reward import is_reward_folder
+    from rlhfkit.models.reward_model import is_reward_folder
     from rlhfkit.serve.server import create_app, load_backends
 
     if not (args.model or args.reward_model):

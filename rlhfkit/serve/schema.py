@@ -142,7 +142,7 @@ class ScoreRequest:
 
 
 def parse_score_request(body) -> ScoreRequest:
-    """Validate a /score body: what :class:`rlhfkit.rewards.HTTPRewardSource` sends."""
+    """Validate a /score body: what :class:`rlhfkit.train.rl.reward_sources.HTTPRewardSource` sends."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     for key in ("prompts", "responses"):

@@ -38,7 +38,7 @@ class Backends:
 
     chat: ChatModel | None = None
     scorer: object | None = None
-    """a :class:`rlhfkit.models.reward.RewardScorer`"""
+    """a :class:`rlhfkit.models.reward_model.RewardScorer`"""
     reward_name: str | None = None
 
 
@@ -50,7 +50,7 @@ def load_backends(model_dirs: list[str | Path], *, served_name: str | None = Non
     import torch
 
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer, model_label
-    from rlhfkit.models.reward import is_reward_folder, load_scorer
+    from rlhfkit.models.reward_model import is_reward_folder, load_scorer
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

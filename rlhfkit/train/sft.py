@@ -2,6 +2,8 @@
 
 One loop serves both: ``rlhfkit sft`` trains on demonstrations with the loss on completion tokens
 only; ``rlhfkit pretrain`` trains on packed blocks of raw text with the loss on every token.
+Here: their configs, data preparation and loss; the loop itself is :func:`rlhfkit.train.supervised.train_loop`,
+the token-level loss :func:`rlhfkit.models.forward.causal_lm_loss`.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, collate_sft, encode_sft_records, pack_documents
 from rlhfkit.models.forward import causal_lm_loss
 from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
-from rlhfkit.train import common
-from rlhfkit.train.loop import spec_from_config, train_loop
-from rlhfkit.train.options import OptimConfig, TrainConfig  # noqa: F401  (OptimConfig re-exported)
+from rlhfkit.train.run import OptimConfig  # noqa: F401  (re-exported: the configs' optim block)
+from rlhfkit.train.run import autocast, make_accelerator, optimizer_and_schedule, start_run
+from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 log = logging.getLogger("rlhfkit")
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(SupervisedConfig):
     data: str = ""
     """demonstrations: JSONL or HF dataset of {prompt, completion} or {messages}"""
     output_dir: str = "runs/sft"
@@ -51,13 +53,10 @@ class PretrainConfig(SFTConfig):
 
 
 def _split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
-    if fraction <= 0 or len(examples) < 20:
-        return examples, []
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(examples), generator=gen).tolist()
-    n_eval = max(1, int(len(examples) * fraction))
-    held = set(order[:n_eval])
-    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in order[:n_eval]]
+    """(train, held out): at least 20 examples to hold any out; the held-out ones in random order."""
+    held = held_out_indices(len(examples), fraction, seed, min_items=20)
+    kept = set(held)
+    return [e for i, e in enumerate(examples) if i not in kept], [examples[i] for i in held]
 
 
 def _prepare_sft(config: SFTConfig, tokenizer):
@@ -93,7 +92,7 @@ def evaluate_loss(model, examples: list[dict], *, batch_size: int, pad_token_id:
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate_sft(examples[start: start + batch_size], pad_token_id)
-        with common.autocast(precision):
+        with autocast(precision):
             loss, n = causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         total += float(loss) * n
         count += n
@@ -111,8 +110,8 @@ def run_pretrain(config: PretrainConfig, *, resume: bool = False) -> Path:
 
 
 def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
-    out_dir = common.start_run(config)
-    accelerator = common.make_accelerator(config.precision)
+    out_dir = start_run(config)
+    accelerator = make_accelerator(config.precision)
 
     tokenizer = load_tokenizer(config.model)
     prepare = _prepare_pretrain if pretrain else _prepare_sft
@@ -122,7 +121,7 @@ def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
     model = load_causal_lm(config.model, lora=config.lora)
     if config.disable_dropout:
         disable_dropout(model)
-    optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
+    optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
     n_targets = [sum(1 for label in e["labels"][1:] if label != IGNORE_INDEX) for e in train_examples]
@@ -139,14 +138,13 @@ def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
         return {"eval/loss": evaluate_loss(model, eval_examples, batch_size=config.batch_size * 2,
                                            pad_token_id=pad_id, precision=config.precision)}
 
-    spec = spec_from_config(
-        config, name="pretrain" if pretrain else "sft", out_dir=out_dir, total_steps=total_steps,
-        lengths=[len(e["input_ids"]) for e in train_examples], group_by_length=config.group_by_length and not pretrain,
-        first_metrics={**data_stats, "data/train_examples": len(train_examples),
-                       "data/eval_examples": len(eval_examples)},
-    )
     # micro-batches are weighted by their target tokens: the step's loss is the token mean
-    train_loop(spec, accelerator, model, optimizer, scheduler, step_fn=step_fn,
-               weight_fn=lambda idx: float(sum(n_targets[i] for i in idx)), eval_fn=eval_fn, resume=resume)
+    train_loop(config, accelerator, model, optimizer, scheduler, name="pretrain" if pretrain else "sft",
+               out_dir=out_dir, lengths=[len(e["input_ids"]) for e in train_examples],
+               group_by_length=config.group_by_length and not pretrain,
+               first_metrics={**data_stats, "data/train_examples": len(train_examples),
+                              "data/eval_examples": len(eval_examples)},
+               step_fn=step_fn, weight_fn=lambda idx: float(sum(n_targets[i] for i in idx)), eval_fn=eval_fn,
+               resume=resume)
     return save_model(accelerator.unwrap_model(model), tokenizer, out_dir / "final",
                       save_adapter_only=config.lora.save_adapter_only)

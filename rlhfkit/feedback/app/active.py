@@ -62,6 +62,6 @@ def priorities(scorer: Scorer, items: list[dict], *, batch_size: int = 256) -> l
 
 
 def load_scorer(model_dir: str) -> Scorer:
-    from rlhfkit.models.reward import load_scorer as load  # heavy (torch); only when asked for
+    from rlhfkit.models.reward_model import load_scorer as load  # heavy (torch); only when asked for
 
     return load(model_dir)

@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 
 class RewardModelJudge(Judge):
     """P(a better) = σ((r_a − r_b) / T) from a reward model folder (or ensemble folder), or any object
-    with ``score(prompts, responses) -> (N,)`` such as :class:`rlhfkit.models.reward.RewardScorer`.
+    with ``score(prompts, responses) -> (N,)`` such as :class:`rlhfkit.models.reward_model.RewardScorer`.
     T is the scorer's ``temperature`` (the folder's stored one; 1 for an object without it)."""
 
     def __init__(self, model_dir_or_scorer, *, batch_size: int = 64, name: str | None = None):
         if isinstance(model_dir_or_scorer, (str, Path)):
-            from rlhfkit.models import reward
+            from rlhfkit.models import reward_model
 
-            self.scorer = reward.load_scorer(model_dir_or_scorer, batch_size=batch_size)
+            self.scorer = reward_model.load_scorer(model_dir_or_scorer, batch_size=batch_size)
             name = name or f"reward:{Path(model_dir_or_scorer).name}"
         else:
             self.scorer = model_dir_or_scorer
@@ -68,7 +68,7 @@ class PythonJudge(Judge):
 
     def __init__(self, fn: Callable | str, name: str | None = None, *, criterion: str | None = None):
         if isinstance(fn, str):
-            from rlhfkit.rewards import load_function
+            from rlhfkit.train.rl.reward_sources import load_function
 
             name = name or fn
             fn = load_function(fn)

@@ -1,30 +1,137 @@
-"""What every training loop shares: seeds, batches, optimizer + schedule, metrics, progress, checkpoints.
+"""What every training stage shares: the config base and the run around a loop.
+
+- :class:`RunConfig`, the fields every stage's config extends (model, output_dir, seed, precision,
+  lora, optim, dropout, logging, checkpoints), and :class:`OptimConfig`;
+- run set-up (:func:`start_run`: folder, ``config.yaml``, seeds), precision (:func:`autocast`,
+  :func:`make_accelerator`), AdamW with warm-up + cosine (:func:`optimizer_and_schedule`);
+- resumable, length-grouped index batches (:func:`infinite_batches`);
+- :class:`Run`: a run folder while a loop trains: its position, ``metrics.jsonl``
+  (:class:`MetricsLogger`), the progress bar and the checkpoints.
 
 Checkpoints hold everything a resumed run needs to continue exactly where it stopped: model
 weights, optimizer and scheduler state, RNG states (python, torch) and the loop's own position
 (step, epoch, batch within the epoch). ``N steps, stop, resume N steps`` equals ``2N steps``
-uninterrupted (tests/test_sft.py).
+uninterrupted (test_sft.py and test_preference_trainer.py check it).
+
+Not here: the loops themselves (:mod:`rlhfkit.train.supervised`, :mod:`rlhfkit.train.rl`) and the
+fields only one kind of stage has (:class:`rlhfkit.train.supervised.SupervisedConfig`,
+:class:`rlhfkit.train.rl.run.RLConfig`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from rlhfkit.models.precision import resolve_precision
+from rlhfkit.config import save_config
+from rlhfkit.models.loading import LoraSettings
+from rlhfkit.models.precision import Precision, resolve_precision
+
+
+# ---------------------------------------------------------------- configs
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule shared by every loop."""
+
+    learning_rate: float = 2e-5
+    """peak learning rate of AdamW"""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms)"""
+    warmup_ratio: float = 0.05
+    """fraction of the steps spent in linear warm-up before the cosine decay"""
+    min_lr_ratio: float = 0.1
+    """the cosine schedule ends at this fraction of the peak rate"""
+    max_grad_norm: float = 1.0
+    """gradient clipping by global norm (0 disables)"""
+
+
+@dataclass
+class RunConfig:
+    """Fields every training stage has. A stage's config extends it (through
+    :class:`~rlhfkit.train.supervised.SupervisedConfig` or :class:`~rlhfkit.train.rl.run.RLConfig`)
+    and may redeclare a field to change its default (with its own docstring, which ``--help`` then shows)."""
+
+    model: str = ""
+    """model folder (or hub name when online) to start from"""
+    output_dir: str = "runs/train"
+    """where config.yaml, metrics.jsonl, checkpoints/ and final/ are written"""
+    seed: int = 0
+    """seed of initialisation, data (or prompt) order, sampling and the held-out split"""
+    precision: Precision = "auto"
+    """auto (bf16 where the hardware runs it natively, else fp32; the choice is logged), bf16 autocast, or fp32"""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA settings; lora.r = 0 trains all weights. Where a stage has a reference policy (DPO, KTO, PPO, GRPO,
+    RLOO), with LoRA it is the same model with its adapter disabled"""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """optimiser and learning-rate schedule"""
+    disable_dropout: bool = True
+    """switch off every dropout layer of the trained models (TRL's default for DPO, reward models and PPO;
+    Huang et al. 2024): a loss that compares the model with a reference, two responses, or the rollout's
+    log-probs (first PPO ratio exactly 1) is then not dropout noise"""
+    tensorboard: bool = False
+    """also write TensorBoard event files"""
+    progress: bool = True
+    """show a progress bar / periodic progress lines"""
+    save_every: int = 200
+    """optimiser steps between checkpoints (0: only at the end)"""
+    keep_checkpoints: int = 2
+    """how many of the newest checkpoints to keep"""
+
+
+# ---------------------------------------------------------------- set-up
 
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def start_run(config: RunConfig) -> Path:
+    """Create the run folder, write the resolved ``config.yaml`` into it and seed the RNGs.
+
+    ``precision=auto`` is resolved here, once per stage, with one log line saying what was chosen
+    and why; config.yaml records the precision that ran."""
+    config.precision = resolve_precision(config.precision, announce=True)
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    set_seed(config.seed)
+    return out_dir
+
+
+def autocast(precision: str):
+    """bf16 autocast on CPU or GPU when asked (or when ``auto`` resolves to it); a no-op context otherwise."""
+    if resolve_precision(precision) == "bf16":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_accelerator(precision: str):
+    """An ``accelerate.Accelerator`` for this stage's precision.
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another mixed
+    precision; the demo runs stages of different precision in one process, so a stale state of
+    another precision is cleared first (the distributed setup, PartialState, is kept).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed = "bf16" if resolve_precision(precision) == "bf16" else "no"
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed)
 
 
 # ---------------------------------------------------------------- batches
@@ -96,21 +203,6 @@ def optimizer_and_schedule(params, optim, *, total_steps: int, extra_groups: tup
     scheduler = warmup_cosine(optimizer, warmup_steps=int(optim.warmup_ratio * total_steps),
                               total_steps=total_steps, min_ratio=optim.min_lr_ratio)
     return optimizer, scheduler
-
-
-def start_run(config) -> Path:
-    """Create the run folder, write the resolved ``config.yaml`` into it and seed the RNGs.
-
-    ``precision=auto`` is resolved here, once per stage, with one log line saying what was chosen
-    and why; config.yaml records the precision that ran."""
-    from rlhfkit.config import save_config
-
-    config.precision = resolve_precision(config.precision, announce=True)
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
-    set_seed(config.seed)
-    return out_dir
 
 
 # ---------------------------------------------------------------- metrics and progress
@@ -251,27 +343,45 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, Any]) -> LoopState:
     return LoopState(**blob["state"])
 
 
-def autocast(precision: str):
-    """bf16 autocast on CPU or GPU when asked (or when ``auto`` resolves to it); a no-op context otherwise."""
-    import contextlib
-
-    if resolve_precision(precision) == "bf16":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+# ---------------------------------------------------------------- a run folder while a loop trains
 
 
-def make_accelerator(precision: str):
-    """An ``accelerate.Accelerator`` for this stage's precision.
+class Run:
+    """A run folder while a loop trains: its position (:class:`LoopState`), ``metrics.jsonl``, the
+    progress bar and the checkpoints, shared by the supervised loop and the RL methods.
 
-    accelerate keeps one process-wide state and refuses a second Accelerator with another mixed
-    precision; the demo runs stages of different precision in one process, so a stale state of
-    another precision is cleared first (the distributed setup, PartialState, is kept).
+    With ``resume`` the newest checkpoint restores every one of ``modules`` (state_dict-ables:
+    models, optimizer, scheduler, KL controller, ...), the RNG states and the position, and the
+    metrics logged after it are forgotten; a fresh run logs ``first_metrics`` at step 0.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    mixed = "bf16" if resolve_precision(precision) == "bf16" else "no"
-    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed)
+    def __init__(self, out_dir: str | Path, name: str, modules: dict[str, Any], *, config: RunConfig,
+                 total_steps: int, resume: bool, first_metrics: dict[str, Any] | None = None):
+        self.out_dir, self.modules, self.total_steps = Path(out_dir), modules, total_steps
+        self.save_every, self.keep_checkpoints = config.save_every, config.keep_checkpoints
+        self.state = LoopState()
+        checkpoint = latest_checkpoint(self.out_dir) if resume else None
+        if resume and checkpoint is None:
+            print(f"--resume: no checkpoint in {self.out_dir}; starting from scratch")
+        if checkpoint is not None:
+            self.state = load_checkpoint(checkpoint, modules=modules)
+            print(f"resumed from {checkpoint} at step {self.state.step}")
+        self.logger = MetricsLogger(self.out_dir, tensorboard=config.tensorboard, resume=checkpoint is not None)
+        if checkpoint is not None:
+            self.logger.truncate_after(self.state.step)
+        elif first_metrics:
+            self.logger.log(0, first_metrics)
+        self.progress = Progress(total_steps, name, start=self.state.step, enabled=config.progress)
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    def checkpoint_if_due(self) -> None:
+        """Save a checkpoint every ``save_every`` steps and after the last one."""
+        if (self.save_every and self.state.step % self.save_every == 0) or self.done:
+            save_checkpoint(self.out_dir, state=self.state, modules=self.modules, keep=self.keep_checkpoints)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.logger.close()

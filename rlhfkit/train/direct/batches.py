@@ -1,5 +1,7 @@
-"""The data side of the preference loop (:mod:`rlhfkit.train.preference`): records → encoded examples,
-the batched completion log-prob forward, and the reference log-prob cache.
+"""The batches every direct method trains on: records → encoded examples, the batched completion
+log-prob forward, and the reference log-prob cache. Not here: the methods' losses
+(:mod:`rlhfkit.losses`, glued in :mod:`.dpo`, :mod:`.orpo`, :mod:`.simpo`, :mod:`.kto`) and the run
+(:func:`rlhfkit.train.direct.preference.train_preference`).
 
 An :class:`Example` holds named token sequences ("roles"): ``chosen`` and ``rejected`` for a pair,
 ``completion`` and ``kl`` (its prompt with another example's completion, KTO's reference point) for

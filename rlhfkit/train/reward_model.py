@@ -6,6 +6,11 @@ go through the model in one forward pass. After training: the normalisation bias
 reference set), then held-out evaluation (accuracy, calibration before and after temperature
 scaling, per-annotator accuracy, length correlation) into ``metrics.jsonl`` and ``eval.json``, and
 the temperature fitted on the held-out pairs into the final folder (1 when there are none).
+
+Here: RewardConfig, encoding records into groups, the group loss, the training run and the held-out
+evaluation. Not here: the folder format and scoring API every consumer uses
+(:mod:`rlhfkit.models.reward_model`), the loop (:func:`rlhfkit.train.supervised.train_loop`), the
+losses (:mod:`rlhfkit.losses`).
 """
 
 from __future__ import annotations
@@ -24,15 +29,14 @@ from rlhfkit.data.records import DataError, at_record, load_records
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
-from rlhfkit.models.reward import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, reward_forward,
-                                   with_distinct_pad, write_temperature)
-from rlhfkit.train import common
-from rlhfkit.train.loop import spec_from_config, train_loop
-from rlhfkit.train.options import OptimConfig, TrainConfig
+from rlhfkit.models.reward_model import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, load_scorer,
+                                         reward_forward, with_distinct_pad, write_temperature)
+from rlhfkit.train.run import MetricsLogger, OptimConfig, make_accelerator, optimizer_and_schedule, set_seed, start_run
+from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 
 @dataclass
-class RewardConfig(TrainConfig):
+class RewardConfig(SupervisedConfig):
     model: str = ""
     """initial model: the SFT policy folder (a new scalar head is added) or a reward model folder"""
     data: str = ""
@@ -149,11 +153,9 @@ def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: fl
 
 
 def _split(records, lines, fraction: float, seed: int):
-    if fraction <= 0 or len(records) < 10:
-        return (records, lines), ([], [])
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = max(1, int(len(records) * fraction))
-    held = set(order[:n_eval])
+    """((train records, lines), (held-out records, lines)): at least 10 records to hold any out; both
+    parts keep the file's order."""
+    held = set(held_out_indices(len(records), fraction, seed, min_items=10))
     train = [i for i in range(len(records)) if i not in held]
     test = sorted(held)
     return ([records[i] for i in train], [lines[i] for i in train]), ([records[i] for i in test], [lines[i] for i in test])
@@ -161,7 +163,7 @@ def _split(records, lines, fraction: float, seed: int):
 
 def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     """Train ``ensemble_size`` reward models; returns the final folder (a member or an ensemble)."""
-    out_dir = common.start_run(config)
+    out_dir = start_run(config)
     tokenizer = load_tokenizer(config.model)
     if not config.lora.save_adapter_only:  # an adapter folder cannot carry a grown embedding
         tokenizer = with_distinct_pad(tokenizer)
@@ -204,12 +206,10 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
             member.rename(target)
             members.append(target.name)
         (final / "ensemble.json").write_text(json.dumps({"members": members}, indent=1))
-    from rlhfkit.models.reward import load_scorer
-
     report = evaluate_reward(load_scorer(final, max_length=config.max_length), eval_groups)
     write_temperature(final, report.get("temperature", 1.0))
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    common.MetricsLogger(out_dir, resume=True).log("final", {f"eval/{k}": v for k, v in report.items()
+    MetricsLogger(out_dir, resume=True).log("final", {f"eval/{k}": v for k, v in report.items()
                                                         if isinstance(v, (int, float))})
     return final
 
@@ -239,13 +239,13 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
 
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = config.seed + k
-    common.set_seed(seed)
-    accelerator = common.make_accelerator(config.precision)
+    set_seed(seed)
+    accelerator = make_accelerator(config.precision)
     model = load_reward_model(config.model, lora=config.lora, tokenizer=tokenizer)
     if config.disable_dropout:
         disable_dropout(model)
     total_steps = config.total_steps(len(groups))
-    optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
+    optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     pad_id = tokenizer.pad_token_id
 
@@ -260,11 +260,10 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
                               max_prompt_length=config.max_prompt_length, biases=[0.0])
         return {"eval/accuracy": evaluate_reward(scorer, eval_groups)["accuracy"]}
 
-    spec = spec_from_config(config, name=f"reward[{k}]" if config.ensemble_size > 1 else "reward", out_dir=out_dir,
-                            total_steps=total_steps, lengths=[sum(len(s) for s in g.seqs) for g in groups],
-                            seed=seed, first_metrics=first_metrics)
-    train_loop(spec, accelerator, model, optimizer, scheduler, step_fn=step_fn,
-               weight_fn=lambda idx: float(len(idx)), eval_fn=eval_fn if config.eval_every else None, resume=resume)
+    train_loop(config, accelerator, model, optimizer, scheduler, name=f"reward[{k}]" if config.ensemble_size > 1
+               else "reward", out_dir=out_dir, lengths=[sum(len(s) for s in g.seqs) for g in groups], seed=seed,
+               first_metrics=first_metrics, step_fn=step_fn, weight_fn=lambda idx: float(len(idx)),
+               eval_fn=eval_fn if config.eval_every else None, resume=resume)
     model = accelerator.unwrap_model(model)
     # normalisation: reward 0 = the mean of the reference set (InstructGPT)
     scorer = RewardScorer([model], tokenizer, max_length=config.max_length,

@@ -14,7 +14,8 @@ and ``last_stats``, a dict of floats worth logging from its latest call.
 - :class:`WeightedSum`: Σ_k w_k · source_k, each component logged as ``reward/<name>``.
 
 :class:`RewardSettings` is the config block PPO, GRPO and RLOO share; :func:`build_reward_source`
-turns it into one source.
+turns it into one source. Not here: the reward-model folder format and its scoring
+(:mod:`rlhfkit.models.reward_model`), training a reward model (:mod:`rlhfkit.train.reward_model`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class RewardModelSource:
 
     def __init__(self, path: str | Path, *, std_coef: float = 0.0, batch_size: int = 64, device=None,
                  name: str = "reward_model"):
-        from rlhfkit.models.reward import load_scorer
+        from rlhfkit.models.reward_model import load_scorer
 
         self.name, self.std_coef = name, float(std_coef)
         self.scorer = load_scorer(path, batch_size=batch_size)

@@ -1,13 +1,16 @@
-"""Direct preference optimisation: the DPO family (sigmoid, IPO, hinge, robust), ORPO, SimPO and KTO.
+"""What every direct preference method shares: its config fields, what a method is, and the one run.
 
-One loop serves them all. A method is an :class:`Objective`: the roles of an example that go
+The DPO family (sigmoid, IPO, hinge, robust; :mod:`.dpo`), ORPO (:mod:`.orpo`), SimPO (:mod:`.simpo`)
+and KTO (:mod:`.kto`) each define a config and an :class:`Objective`: the roles of an example that go
 through the policy with gradients (``chosen`` and ``rejected`` in ONE concatenated forward pass;
 KTO's ``completion``), the roles that only need the policy's value (KTO's mismatched ``kl`` pairs),
 whether it needs reference log-probs, and a few lines of glue to its pure loss in
-:mod:`rlhfkit.losses`. The optimisation loop is :func:`rlhfkit.train.loop.train_loop`, shared with
-SFT and reward models (accumulation, clipping, logging, checkpoints, exact ``--resume``).
+:mod:`rlhfkit.losses`. :func:`train_preference` runs any of them; its optimisation loop is
+:func:`rlhfkit.train.supervised.train_loop`, shared with SFT and reward models (accumulation,
+clipping, logging, checkpoints, exact ``--resume``). Records → examples, the batched log-prob
+forward and the reference cache live in :mod:`rlhfkit.train.direct.batches`.
 
-``run_dpo`` / ``run_orpo`` / ``run_simpo`` / ``run_kto``:
+``run_dpo`` / ``run_orpo`` / ``run_simpo`` / ``run_kto`` → :func:`train_preference`:
 
 1. load the records (pairwise or ranking; KTO also unpaired), hold out ``eval_fraction``, encode;
 2. reference log-probs of every sequence, ONCE, with the initial model in eval mode (with LoRA: the
@@ -32,17 +35,14 @@ from typing import Callable, Literal
 
 import torch
 
-from rlhfkit.config import require
 from rlhfkit.data.layouts import LayoutOptions
 from rlhfkit.data.tokenize import TruncationStats
-from rlhfkit.losses import (AVG_LOGPS_LOSSES, DPO_LOSSES, LossOutput, _preference_stats, kto_loss,
-                            kto_reference_point, orpo_loss, simpo_loss)
+from rlhfkit.losses import LossOutput
 from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
-from rlhfkit.ops import masked_mean
-from rlhfkit.train import common
-from rlhfkit.train import preference_data as D
-from rlhfkit.train.loop import spec_from_config, train_loop
-from rlhfkit.train.options import OptimConfig, TrainConfig
+from rlhfkit.train.direct import batches
+from rlhfkit.train.direct.batches import Example, ReferenceLogps, RoleLogps
+from rlhfkit.train.run import MetricsLogger, OptimConfig, make_accelerator, optimizer_and_schedule, start_run
+from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 log = logging.getLogger("rlhfkit")
 
@@ -55,8 +55,8 @@ REFERENCE_FILE = "reference_logps.pt"
 
 
 @dataclass
-class PreferenceConfig(TrainConfig):
-    """Fields every direct preference method shares (the rest come from TrainConfig)."""
+class PreferenceConfig(SupervisedConfig):
+    """Fields every direct preference method shares (the rest come from SupervisedConfig)."""
 
     model: str = ""
     """initial policy, usually the SFT model folder; it is also the reference policy"""
@@ -78,83 +78,11 @@ class PreferenceConfig(TrainConfig):
     """Anthropic HH transcripts (Human: … Assistant: … turns) stay raw text, the prompt ending in "Assistant:"; by default they become chat messages when the tokenizer has a chat template"""
 
 
-@dataclass
-class DPOConfig(PreferenceConfig):
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    """sigmoid (DPO), ipo (on length-averaged log-ratios), hinge (SLiC), robust (de-biased for label noise)"""
-    beta: float = 0.1
-    """β: strength of the implicit KL constraint to the reference (IPO: τ, the target margin is 1/(2β))"""
-    label_smoothing: float = 0.0
-    """ε, the assumed rate of flipped labels: conservative DPO (sigmoid) or robust DPO; in [0, 0.5)"""
-    use_label_prob: bool = True
-    """sigmoid loss: train on each record's label_prob as a soft label; otherwise (and for the other losses) a pair with label_prob < 0.5 is flipped and a tie dropped"""
-    precompute_ref_logps: bool = True
-    """compute the reference log-probs once and cache them; false (LoRA only): recompute them every step with the adapter disabled"""
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.beta > 0, "beta must be positive")
-        require(0.0 <= self.label_smoothing < 0.5, "label_smoothing must lie in [0, 0.5)")
-        require(self.label_smoothing == 0.0 or self.loss_type in ("sigmoid", "robust"),
-                f"label_smoothing applies to loss_type sigmoid or robust, not {self.loss_type}")
-        require(self.precompute_ref_logps or self.lora.r > 0,
-                "precompute_ref_logps=false needs LoRA (lora.r > 0): the reference is the model with its adapter disabled")
-
-
-@dataclass
-class ORPOConfig(PreferenceConfig):
-    output_dir: str = "runs/orpo"
-    """run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, final/"""
-    lam: float = 0.1
-    """λ, the weight of the odds-ratio term added to the SFT loss on chosen (TRL's ORPO beta)"""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=8e-6, warmup_ratio=0.1))
-    """optimiser and schedule"""
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.lam >= 0, "lam must be >= 0")
-
-
-@dataclass
-class SimPOConfig(PreferenceConfig):
-    output_dir: str = "runs/simpo"
-    """run folder: config.yaml, metrics.jsonl, eval.json, checkpoints/, final/"""
-    beta: float = 2.0
-    """β: scale of the implicit reward β·(mean log-prob of the response)"""
-    gamma: float = 1.0
-    """γ: target reward margin, subtracted from the logit (TRL's CPO simpo_gamma; the paper uses γ/β ≈ 0.5)"""
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.beta > 0, "beta must be positive")
-
-
-@dataclass
-class KTOConfig(PreferenceConfig):
-    output_dir: str = "runs/kto"
-    """run folder: config.yaml, metrics.jsonl, reference_logps.pt, eval.json, checkpoints/, final/"""
-    beta: float = 0.1
-    """β of the KTO value function"""
-    desirable_weight: float = 1.0
-    """λ_D, weight of desirable examples"""
-    undesirable_weight: float = 1.0
-    """λ_U, weight of undesirable examples (the paper recommends λ_D·n_D / (λ_U·n_U) in [1, 4/3])"""
-    precompute_ref_logps: bool = True
-    """compute the reference log-probs once and cache them; false (LoRA only): recompute them every step with the adapter disabled"""
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.beta > 0, "beta must be positive")
-        require(self.desirable_weight > 0 and self.undesirable_weight > 0, "KTO weights must be positive")
-        require(self.precompute_ref_logps or self.lora.r > 0,
-                "precompute_ref_logps=false needs LoRA (lora.r > 0): the reference is the model with its adapter disabled")
-
-
 # ============================================================================================
 # objectives: log-probs of a batch → a loss of rlhfkit.losses
 # ============================================================================================
 
-Logps = dict[str, D.RoleLogps]
+Logps = dict[str, RoleLogps]
 
 
 @dataclass(frozen=True)
@@ -162,7 +90,7 @@ class Objective:
     name: str
     roles: tuple[str, ...]
     """roles through the policy with gradients, in one concatenated forward pass; the first is the "chosen" one"""
-    loss: Callable[[Logps, Logps | None, list[D.Example]], LossOutput]
+    loss: Callable[[Logps, Logps | None, list[Example]], LossOutput]
     """(policy log-probs, reference log-probs or None, the batch's examples) → per-example losses"""
     nograd_roles: tuple[str, ...] = ()
     """roles whose policy log-probs are needed without gradients (KTO's mismatched pairs)"""
@@ -172,63 +100,8 @@ class Objective:
     """reads each pair's label_prob (otherwise pairs are oriented and ties dropped)"""
 
 
-def _logps_stats(chosen, rejected) -> dict[str, torch.Tensor]:
+def logps_stats(chosen, rejected) -> dict[str, torch.Tensor]:
     return {"logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
-
-
-def dpo_objective(config: DPOConfig) -> Objective:
-    fn = DPO_LOSSES[config.loss_type]
-    avg = config.loss_type in AVG_LOGPS_LOSSES
-    kwargs = {"label_smoothing": config.label_smoothing} if config.loss_type in ("sigmoid", "robust") else {}
-    soft = config.loss_type == "sigmoid" and config.use_label_prob
-
-    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
-        assert ref is not None
-        pick = (lambda x: x.avg) if avg else (lambda x: x.sum)
-        extra = dict(kwargs)
-        if soft:
-            probs = [1.0 if ex.label_prob is None else ex.label_prob for ex in batch]
-            extra["label_prob"] = torch.tensor(probs, device=policy["chosen"].sum.device)
-        out = fn(pick(policy["chosen"]), pick(policy["rejected"]), pick(ref["chosen"]), pick(ref["rejected"]),
-                 beta=config.beta, **extra)
-        return LossOutput(out.losses, {**out.stats, **_logps_stats(policy["chosen"].sum, policy["rejected"].sum)})
-
-    name = "dpo" if config.loss_type == "sigmoid" else config.loss_type
-    return Objective(name, ("chosen", "rejected"), loss, soft_labels=soft)
-
-
-def orpo_objective(config: ORPOConfig) -> Objective:
-    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
-        chosen, rejected = policy["chosen"].avg, policy["rejected"].avg
-        out = orpo_loss(chosen, rejected, -chosen, lam=config.lam)  # NLL of chosen = −mean token log-prob
-        stats = {**out.stats, **_preference_stats(chosen, rejected, beta=config.lam),  # TRL's λ·avg logp rewards
-                 **_logps_stats(policy["chosen"].sum, policy["rejected"].sum)}
-        return LossOutput(out.losses, stats)
-
-    return Objective("orpo", ("chosen", "rejected"), loss, reference=False)
-
-
-def simpo_objective(config: SimPOConfig) -> Objective:
-    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
-        out = simpo_loss(policy["chosen"].avg, policy["rejected"].avg, beta=config.beta, gamma=config.gamma)
-        return LossOutput(out.losses, {**out.stats, **_logps_stats(policy["chosen"].sum, policy["rejected"].sum)})
-
-    return Objective("simpo", ("chosen", "rejected"), loss, reference=False)
-
-
-def kto_objective(config: KTOConfig) -> Objective:
-    def loss(policy: Logps, ref: Logps | None, batch: list[D.Example]) -> LossOutput:
-        assert ref is not None
-        labels = torch.tensor([bool(ex.label) for ex in batch], device=policy["completion"].sum.device)
-        # z0: mean log-ratio over mismatched (prompt, other completion) pairs, detached, ≥ 0
-        z0 = kto_reference_point(policy["kl"].sum, ref["kl"].sum)
-        out = kto_loss(policy["completion"].sum, ref["completion"].sum, labels, kl_reference=z0, beta=config.beta,
-                       desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
-        logps = policy["completion"].sum.detach()
-        stats = {**out.stats, "logps/chosen": masked_mean(logps, labels), "logps/rejected": masked_mean(logps, ~labels)}
-        return LossOutput(out.losses, stats)
-
-    return Objective("kto", ("completion",), loss, nograd_roles=("kl",))
 
 
 # ============================================================================================
@@ -269,7 +142,7 @@ class ChosenLogpsWatch:
                         self.means[0], self.means[-1])
 
 
-def _chosen_shift(objective: Objective, policy: Logps, ref: Logps | None, batch: list[D.Example]) -> float:
+def _chosen_shift(objective: Objective, policy: Logps, ref: Logps | None, batch: list[Example]) -> float:
     role = objective.roles[0]
     keep = torch.tensor([ex.label is not False for ex in batch], device=policy[role].sum.device)
     if not bool(keep.any()):
@@ -284,27 +157,26 @@ def _chosen_shift(objective: Objective, policy: Logps, ref: Logps | None, batch:
 
 
 def _split(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out whole source records (a ranking's pairs, a pair's two KTO examples stay together)."""
+    """Hold out whole source records (a ranking's pairs, a pair's two KTO examples stay together):
+    at least 20 of them to hold any out; both parts keep the records' order."""
     groups = sorted({r.get("group", i) for i, r in enumerate(records)})
-    if fraction <= 0 or len(groups) < 20:
-        return records, []
-    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = {groups[k] for k in order[: max(1, int(len(groups) * fraction))]}
+    held = {groups[k] for k in held_out_indices(len(groups), fraction, seed, min_items=20)}
     keys = [r.get("group", i) for i, r in enumerate(records)]
     return [r for r, k in zip(records, keys) if k not in held], [r for r, k in zip(records, keys) if k in held]
 
 
-def _load(config: PreferenceConfig, objective: Objective, tokenizer):
+def load_splits(config: PreferenceConfig, objective: Objective, tokenizer) -> tuple[dict[str, list[Example]], dict]:
+    """({"train": examples, "eval": examples}, the data/* counts logged at step 0)."""
     counts: dict[str, int] = {}
     layout = LayoutOptions.for_tokenizer(tokenizer, hh_raw_text=config.hh_raw_text)
 
     def records(path: str) -> list[dict]:
         if objective.roles == ("completion",):
-            return D.load_unpaired_records(path, layout=layout)
-        pairs = D.load_pair_records(path, ties=config.ties, layout=layout)
+            return batches.load_unpaired_records(path, layout=layout)
+        pairs = batches.load_pair_records(path, ties=config.ties, layout=layout)
         if objective.soft_labels:
             return pairs
-        pairs, ties = D.orient_pairs(pairs)
+        pairs, ties = batches.orient_pairs(pairs)
         counts["data/ties_dropped"] = counts.get("data/ties_dropped", 0) + ties
         return pairs
 
@@ -317,8 +189,8 @@ def _load(config: PreferenceConfig, objective: Objective, tokenizer):
     kw = dict(max_length=config.max_length, max_prompt_length=config.max_prompt_length, stats=stats)
     train_kw, held_kw = dict(kw, source=config.data), dict(kw, source=config.eval_data or config.data)
     if objective.roles == ("completion",):
-        splits = {"train": D.encode_unpaired(tokenizer, train, seed=config.seed, **train_kw),
-                  "eval": D.encode_unpaired(tokenizer, held, seed=config.seed + 1, **held_kw) if held else []}
+        splits = {"train": batches.encode_unpaired(tokenizer, train, seed=config.seed, **train_kw),
+                  "eval": batches.encode_unpaired(tokenizer, held, seed=config.seed + 1, **held_kw) if held else []}
         n_good = sum(1 for ex in splits["train"] if ex.label)
         n_bad = len(splits["train"]) - n_good
         ratio = (config.desirable_weight * n_good) / max(config.undesirable_weight * n_bad, 1e-9)
@@ -326,8 +198,8 @@ def _load(config: PreferenceConfig, objective: Objective, tokenizer):
             log.warning("KTO: λ_D·n_D / (λ_U·n_U) = %.2f lies outside [1, 4/3], the range Ethayarajh et al. "
                         "recommend; adjust desirable_weight / undesirable_weight", ratio)
     else:
-        splits = {"train": D.encode_pairs(tokenizer, train, **train_kw),
-                  "eval": D.encode_pairs(tokenizer, held, **held_kw) if held else []}
+        splits = {"train": batches.encode_pairs(tokenizer, train, **train_kw),
+                  "eval": batches.encode_pairs(tokenizer, held, **held_kw) if held else []}
     if not splits["train"]:
         raise ValueError(f"{config.data}: no training examples left (all pairs tied?)")
     counts.update({f"data/{k}": v for k, v in stats.as_dict().items()})
@@ -340,69 +212,53 @@ def _load(config: PreferenceConfig, objective: Objective, tokenizer):
 # ============================================================================================
 
 
-def run_dpo(config: DPOConfig, *, resume: bool = False) -> Path:
-    """DPO / IPO / hinge / robust DPO; returns ``output_dir/final``."""
-    return train_preference(config, dpo_objective(config), resume=resume)
-
-
-def run_orpo(config: ORPOConfig, *, resume: bool = False) -> Path:
-    return train_preference(config, orpo_objective(config), resume=resume)
-
-
-def run_simpo(config: SimPOConfig, *, resume: bool = False) -> Path:
-    return train_preference(config, simpo_objective(config), resume=resume)
-
-
-def run_kto(config: KTOConfig, *, resume: bool = False) -> Path:
-    return train_preference(config, kto_objective(config), resume=resume)
-
-
 def train_preference(config: PreferenceConfig, objective: Objective, *, resume: bool = False) -> Path:
-    out_dir = common.start_run(config)
-    accelerator = common.make_accelerator(config.precision)
+    out_dir = start_run(config)
+    accelerator = make_accelerator(config.precision)
 
     # 1. records → encoded examples (train / held-out)
     tokenizer = load_tokenizer(config.model)
-    splits, first_metrics = _load(config, objective, tokenizer)
+    splits, first_metrics = load_splits(config, objective, tokenizer)
     train, held = splits["train"], splits["eval"]
     total_steps = config.total_steps(len(train))
 
     model = load_causal_lm(config.model, lora=config.lora)
     if config.disable_dropout:  # as TRL: the policy's step-0 log-probs then equal the reference's, which
         disable_dropout(model)    # are computed without it (GPT-2 ships with p = 0.1 in three places)
-    optimizer, scheduler = common.optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
+    optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     device, pad_id = accelerator.device, tokenizer.pad_token_id
     roles = objective.roles + objective.nograd_roles
 
     # 2. reference log-probs, once, with the initial weights (before a checkpoint is loaded)
-    cache: D.ReferenceLogps | None = None
+    cache: ReferenceLogps | None = None
     if objective.reference and getattr(config, "precompute_ref_logps", True):
-        key, meta = D.reference_key(model=config.model, data_files=[config.data, config.eval_data],
-                                    settings={"max_length": config.max_length,
-                                              "max_prompt_length": config.max_prompt_length,
-                                              "precision": config.precision, "roles": list(roles)},
-                                    splits=splits)
-        cache, cached = D.load_or_compute_reference(
+        key, meta = batches.reference_key(model=config.model, data_files=[config.data, config.eval_data],
+                                          settings={"max_length": config.max_length,
+                                                    "max_prompt_length": config.max_prompt_length,
+                                                    "precision": config.precision, "roles": list(roles)},
+                                          splits=splits)
+        cache, cached = batches.load_or_compute_reference(
             out_dir / REFERENCE_FILE, key, meta,
-            lambda: D.compute_reference(accelerator.unwrap_model(model), splits, pad_token_id=pad_id, device=device,
-                                        batch_size=2 * config.batch_size, autocast=accelerator.autocast))
+            lambda: batches.compute_reference(accelerator.unwrap_model(model), splits, pad_token_id=pad_id,
+                                              device=device, batch_size=2 * config.batch_size,
+                                              autocast=accelerator.autocast))
         first_metrics["data/reference_from_cache"] = int(cached)
         print(f"reference log-probs {'reused from' if cached else 'computed and cached in'} {out_dir / REFERENCE_FILE}")
 
-    def reference(split: str, indices: list[int], batch: list[D.Example]) -> Logps | None:
+    def reference(split: str, indices: list[int], batch: list[Example]) -> Logps | None:
         if not objective.reference:
             return None
         if cache is not None:
             return cache.select(split, indices, device)
-        with torch.no_grad(), D.reference_mode(accelerator.unwrap_model(model)):  # LoRA: adapter off
-            return D.batch_logps(model, batch, roles, pad_token_id=pad_id, device=device)
+        with torch.no_grad(), batches.reference_mode(accelerator.unwrap_model(model)):  # LoRA: adapter off
+            return batches.batch_logps(model, batch, roles, pad_token_id=pad_id, device=device)
 
-    def forward(model, split: str, indices: list[int]) -> tuple[LossOutput, Logps, Logps | None, list[D.Example]]:
+    def forward(model, split: str, indices: list[int]) -> tuple[LossOutput, Logps, Logps | None, list[Example]]:
         batch = [splits[split][i] for i in indices]
-        policy = D.batch_logps(model, batch, objective.roles, pad_token_id=pad_id, device=device)
+        policy = batches.batch_logps(model, batch, objective.roles, pad_token_id=pad_id, device=device)
         with torch.no_grad():
-            policy.update(D.batch_logps(model, batch, objective.nograd_roles, pad_token_id=pad_id, device=device))
+            policy.update(batches.batch_logps(model, batch, objective.nograd_roles, pad_token_id=pad_id, device=device))
         ref = reference(split, indices, batch)
         return objective.loss(policy, ref, batch), policy, ref, batch
 
@@ -427,9 +283,8 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
         held_metrics.update({f"eval/{k}": v / len(held) for k, v in totals.items()})
         return dict(held_metrics)
 
-    spec = spec_from_config(config, name=objective.name, out_dir=out_dir, total_steps=total_steps,
-                            lengths=[len(ex) for ex in train], first_metrics=first_metrics)
-    train_loop(spec, accelerator, model, optimizer, scheduler, step_fn=step_fn,
+    train_loop(config, accelerator, model, optimizer, scheduler, name=objective.name, out_dir=out_dir,
+               lengths=[len(ex) for ex in train], first_metrics=first_metrics, step_fn=step_fn,
                weight_fn=lambda idx: float(len(idx)), eval_fn=eval_fn if held else None, resume=resume)
 
     # 4. report and save
@@ -437,7 +292,7 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
               "chosen_logps_shift_per_block": [round(m, 4) for m in watch.means], "objective": objective.name,
               "steps": total_steps, **first_metrics}
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    common.MetricsLogger(out_dir, resume=True).log("final", {**held_metrics,
+    MetricsLogger(out_dir, resume=True).log("final", {**held_metrics,
                                                           "warning/chosen_logps_falling": int(watch.fired)})
     return save_model(accelerator.unwrap_model(model), tokenizer, out_dir / "final",
                       save_adapter_only=config.lora.save_adapter_only)

@@ -1,4 +1,7 @@
-"""Reward models: a sequence classifier with one output, read at the last non-pad token.
+"""Reward-model folders and the one scoring API: a sequence classifier with one output, read at the
+last real token. Here: loading (:func:`load_reward_model`, :func:`load_scorer`), the folder format
+(bias, temperature, ``ensemble.json``, ``rlhfkit_scoring.json``) and :class:`RewardScorer`. Not here:
+training one (:mod:`rlhfkit.train.reward_model`), RL's reward sources (:mod:`rlhfkit.train.rl.reward_sources`).
 
 The one scoring API (:class:`RewardScorer`) is used by PPO, the judges, the feedback app and
 evaluation. It encodes (prompt, response) exactly as training did (prompt ids, response ids, one

@@ -15,6 +15,11 @@ of Huang et al. 2024 ("The N+ Implementation Details of RLHF with PPO"). One ite
    own advantage), so by default the loss is the mean over all tokens of the minibatch
    (``loss_aggregation=token_mean``, as in Huang et al. 2024 and TRL), not a mean of per-response means
 6. update the KL controller; log objective/*, policy/*, val/*, response/*, time/*
+
+This file reads top to bottom: the config, the value function and optimiser, rewards and
+advantages, the loss, the loop. What GRPO and RLOO share with it lives in :mod:`.run` (config
+base, set-up, run folder), :mod:`.rollout` (steps 1–3a), :mod:`.update` (step 5's minibatch loop)
+and :mod:`.policy`.
 """
 
 from __future__ import annotations
@@ -27,17 +32,19 @@ from typing import Literal
 import torch
 
 from rlhfkit.config import require
+from rlhfkit.data.records import load_records
+from rlhfkit.data.tokenize import collate_sft, encode_sft_records
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.forward import causal_lm_loss
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, save_model
-from rlhfkit.models.reward import load_reward_model, member_dirs
+from rlhfkit.models.loading import save_model
+from rlhfkit.models.reward_model import load_reward_model, member_dirs
 from rlhfkit.ops import (AdaptiveKLController, FixedKLController, RunningMoments, gae, kl_estimate,
-                         last_token_index, masked_whiten)
-from rlhfkit.rewards import PythonRewardSource, build_reward_source
-from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train import common
-from rlhfkit.train.rl_common import (ActorCritic, Experience, Reference, RLConfig, RunState, collect,
-                                     explained_variance, load_prompts, objective_metrics, optimise)
+                         last_token_index, masked_var, masked_whiten)
+from rlhfkit.train.rl.policy import ActorCritic, Outputs
+from rlhfkit.train.rl.rollout import Experience, collect, objective_metrics
+from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
+from rlhfkit.train.rl.update import optimise
+from rlhfkit.train.run import infinite_batches, optimizer_and_schedule
 
 
 @dataclass
@@ -79,7 +86,7 @@ class PPOConfig(RLConfig):
     """SFT examples per micro-batch for the ptx loss"""
 
     def validate(self, *, extra_rewards: int = 0) -> None:
-        self.validate_common(extra_rewards=extra_rewards)
+        super().validate(extra_rewards=extra_rewards)
         require(self.value_model != "reward" or self.reward.model is not None,
                 "value_model=reward needs reward.model (or set value_model=head or a folder)")
         require(self.target_kl is None or self.target_kl > 0, "target_kl must be > 0")
@@ -87,6 +94,9 @@ class PPOConfig(RLConfig):
         require(self.vf_coef >= 0 and self.cliprange_value > 0, "vf_coef must be >= 0 and cliprange_value > 0")
         require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must lie in [0, 1]")
         require(self.ptx_coef == 0 or self.ptx_data is not None, "ptx_coef > 0 needs ptx_data")
+
+
+# ---------------------------------------------------------------- value function, optimiser, KL controller
 
 
 def build_value(config: PPOConfig, policy) -> tuple[object | None, torch.nn.Linear | None]:
@@ -105,14 +115,17 @@ def build_optimizer(config: PPOConfig, actor: ActorCritic):
     value_modules = [m for m in (actor.critic, actor.value_head) if m is not None]
     value_group = ({"params": [p for m in value_modules for p in m.parameters()],
                     "lr": config.value_learning_rate or config.optim.learning_rate, "weight_decay": 0.0},)
-    return common.optimizer_and_schedule(actor.policy.parameters(), config.optim, total_steps=config.optimizer_steps,
-                                         extra_groups=value_group if value_modules else ())
+    return optimizer_and_schedule(actor.policy.parameters(), config.optim, total_steps=config.optimizer_steps,
+                                  extra_groups=value_group if value_modules else ())
 
 
 def kl_controller(config: PPOConfig):
     if config.target_kl is not None:
         return AdaptiveKLController(config.kl_coef, target=config.target_kl, horizon=config.kl_horizon)
     return FixedKLController(config.kl_coef)
+
+
+# ---------------------------------------------------------------- rewards and advantages
 
 
 def token_rewards(exp: Experience, scores: torch.Tensor, kl: torch.Tensor, *, kl_coef: float) -> torch.Tensor:
@@ -125,29 +138,48 @@ def token_rewards(exp: Experience, scores: torch.Tensor, kl: torch.Tensor, *, kl
     return rewards
 
 
-class _PtxStream:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(returns − values) / Var(returns) over unmasked tokens (1: perfect, ≤ 0: useless)."""
+    var_returns = masked_var(returns, mask, unbiased=False)
+    return float(1.0 - masked_var(returns - values, mask, unbiased=False) / var_returns.clamp(min=1e-8))
+
+
+# ---------------------------------------------------------------- loss
+
+
+def ppo_loss(out: Outputs, exp: Experience, idx: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+             config: PPOConfig) -> tuple[torch.Tensor, dict]:
+    """The PPO loss of rows ``idx``: clipped policy loss + vf_coef · clipped value loss (Schulman et al.
+    2017, with the value clipping of Huang et al. 2024), aggregated as ``config.loss_aggregation`` says."""
+    pg = ppo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], exp.mask[idx],
+                         cliprange=config.cliprange, **config.aggregation)
+    vf = ppo_value_loss(out.values, exp.values[idx], returns[idx], exp.mask[idx],
+                        cliprange_value=config.cliprange_value, **config.aggregation)
+    loss = pg.losses.mean() + config.vf_coef * vf.losses.mean()
+    stats = {**pg.stats, **vf.stats, "loss/policy": pg.losses.mean(), "loss/value": vf.losses.mean()}
+    return loss, stats
+
+
+class PtxStream:
     """Batches of SFT examples for the PPO-ptx loss, resumable (position kept in the checkpoint)."""
 
     def __init__(self, config: PPOConfig, tokenizer, extra: dict):
-        from rlhfkit.data.records import load_records
-        from rlhfkit.data.tokenize import encode_sft_records
-
         self.examples = encode_sft_records(tokenizer, load_records(config.ptx_data, "sft"),
                                            max_length=config.max_prompt_length + config.sampling.max_new_tokens
                                            ).examples
         self.pad, self.extra = tokenizer.pad_token_id, extra
         epoch, batch = extra.get("ptx", (0, 0))
-        self.stream = common.infinite_batches([len(e["input_ids"]) for e in self.examples],
-                                              batch_size=config.ptx_batch_size, seed=config.seed + 5,
-                                              start_epoch=epoch, start_batch=batch)
+        self.stream = infinite_batches([len(e["input_ids"]) for e in self.examples], batch_size=config.ptx_batch_size,
+                                       seed=config.seed + 5, start_epoch=epoch, start_batch=batch)
 
     def loss(self, model, device) -> torch.Tensor:
-        from rlhfkit.data.tokenize import collate_sft
-
         epoch, batch_index, idx = next(self.stream)
         self.extra["ptx"] = (epoch, batch_index + 1)
         batch = {k: v.to(device) for k, v in collate_sft([self.examples[i] for i in idx], self.pad).items()}
         return causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+
+
+# ---------------------------------------------------------------- the loop
 
 
 def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Callable] = (),
@@ -155,34 +187,20 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
     """Train with PPO; returns ``output_dir/final`` (a standard HF folder, LoRA merged unless
     ``lora.save_adapter_only``). ``reward_fns`` are extra Python rewards given in code (weighted
     like ``reward.functions``); ``gold_fn(prompts, responses)`` is logged as gold/reward only."""
-    config.validate(extra_rewards=len(reward_fns))
-    out_dir = common.start_run(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    tokenizer = load_tokenizer(config.model)
-    prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
-    policy = load_causal_lm(config.model, lora=config.lora).to(device)
-    critic, value_head = build_value(config, policy)
-    actor = ActorCritic(policy, critic=critic, value_head=value_head, disable_dropout=config.disable_dropout)
-    reference = Reference(policy, config.model)
-    reward = build_reward_source(config.reward, extra=reward_fns, device=device)
-    if gold_fn is None and config.gold_function:
-        gold_fn = PythonRewardSource(config.gold_function).fn
-    generator = HFGenerator(policy, tokenizer, config.sampling)
+    setup = set_up(config, reward_fns=reward_fns, gold_fn=gold_fn, value_function=lambda p: build_value(config, p))
+    actor, tokenizer = setup.actor, setup.tokenizer
     optimizer, scheduler = build_optimizer(config, actor)
     kl_ctl, moments = kl_controller(config), RunningMoments()
     modules = {**actor.modules(), "optimizer": optimizer, "scheduler": scheduler, "kl_ctl": kl_ctl,
                "score_moments": moments}
-    run = RunState(config, "ppo", modules, len(prompts), config.batch_size, resume=resume)
-    ptx = _PtxStream(config, tokenizer, run.extra) if config.ptx_coef > 0 else None
-    if run.state.step == 0:
-        run.logger.log(0, {"data/prompts": len(prompts), "data/prompts_truncated": n_cut})
+    run = RLRun(config, "ppo", modules, setup, prompts_per_step=config.batch_size, resume=resume)
+    ptx = PtxStream(config, tokenizer, run.extra) if config.ptx_coef > 0 else None
 
     while not run.done:
-        batch_prompts, batch_ids = run.next_prompts(prompts, prompt_ids)
+        batch_prompts, batch_ids = run.next_prompts(setup.prompts, setup.prompt_ids)
         # 1. generate, 2. score (+ missing-EOS penalty), 3a. old-policy / reference log-probs, values
-        exp = collect(actor, reference, generator, tokenizer, reward, batch_prompts, batch_ids, config,
-                      gold_fn=gold_fn)
+        exp = collect(actor, setup.reference, setup.generator, tokenizer, setup.reward, batch_prompts, batch_ids,
+                      config, gold_fn=setup.gold_fn)
         mask = exp.mask
         scores = exp.scores
         if config.normalize_scores:
@@ -206,14 +224,9 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
 
         # 5. PPO epochs over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss
         def loss_fn(out, idx):
-            pg = ppo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], mask[idx],
-                                 cliprange=config.cliprange, **config.aggregation)
-            vf = ppo_value_loss(out.values, exp.values[idx], returns[idx], mask[idx],
-                                cliprange_value=config.cliprange_value, **config.aggregation)
-            loss = pg.losses.mean() + config.vf_coef * vf.losses.mean()
-            stats = {**pg.stats, **vf.stats, "loss/policy": pg.losses.mean(), "loss/value": vf.losses.mean()}
+            loss, stats = ppo_loss(out, exp, idx, advantages, returns, config)
             if ptx is not None:  # PPO-ptx: the LM loss on SFT / pre-training data, mixed in
-                stats["loss/ptx"] = ptx.loss(actor.policy, device)
+                stats["loss/ptx"] = ptx.loss(actor.policy, setup.device)
                 loss = loss + config.ptx_coef * stats["loss/ptx"]
             return loss, stats
 
@@ -223,4 +236,4 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
         kl_ctl.update(metrics["objective/kl"], len(exp.responses))
         run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl", "objective/kl_coef"))
     run.close()
-    return save_model(policy, tokenizer, out_dir / "final", save_adapter_only=config.lora.save_adapter_only)
+    return save_model(setup.policy, tokenizer, setup.out_dir / "final", save_adapter_only=config.lora.save_adapter_only)

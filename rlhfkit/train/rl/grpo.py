@@ -1,0 +1,160 @@
+"""GRPO (Shao et al. 2024, "DeepSeekMath", §4.1): online RL without a value model, from several
+samples per prompt, and the loop RLOO (:mod:`.rloo`) shares.
+
+Both draw ``num_generations`` (n) responses for each of ``batch_size / n`` prompts and compare each
+response with its siblings. GRPO's advantage is (r − mean_group) / std_group on every token, with a
+clipped ratio and KL(π‖π_ref) as k3 in the loss (eq. 3–4); Dr. GRPO (Liu et al. 2025) drops the std
+scaling and the per-response length normalisation. Either method may put the KL in the loss or in
+the reward (``kl_in``).
+
+This file reads top to bottom: the configs, the advantages, the loss, the loop. The rollout,
+scoring, reference, update, logging and checkpoints are those of PPO (:mod:`.rollout`,
+:mod:`.update`, :mod:`.run`).
+
+One iteration: 1. generate n per prompt 2. score (+ missing-EOS penalty) 3. reference log-probs,
+KL 4. group advantages 5. epochs × minibatches of the clipped loss 6. log, checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlhfkit.config import require
+from rlhfkit.losses import grpo_policy_loss
+from rlhfkit.models.loading import save_model
+from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate
+from rlhfkit.train.rl.policy import Outputs
+from rlhfkit.train.rl.rollout import Experience, collect, objective_metrics
+from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
+from rlhfkit.train.rl.update import optimise
+from rlhfkit.train.run import optimizer_and_schedule
+
+
+@dataclass
+class GroupConfig(RLConfig):
+    """Fields GRPO and RLOO share."""
+
+    num_generations: int = 4
+    """responses sampled per prompt (n); batch_size must be a multiple of it"""
+    kl_in: Literal["loss", "reward"] = "loss"
+    """where the KL penalty goes: per-token k3 in the loss (GRPO) or Σ_t KL_t subtracted from the reward (RLOO)"""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """per-token estimator of the KL in the reward (kl_in=reward); the loss always uses k3"""
+    whiten_advantages: bool = False
+    """whiten the sequence advantages over the whole batch as well"""
+    num_ppo_epochs: int = 1
+    """optimisation passes over each batch (1: GRPO's μ = 1, the ratio is exactly 1)"""
+    num_minibatches: int = 1
+    """optimiser steps per pass (advantages are computed on the whole batch first, so rows of one
+    group may land in different minibatches)"""
+
+    def validate(self, *, extra_rewards: int = 0) -> None:
+        super().validate(extra_rewards=extra_rewards)
+        require(self.num_generations >= 2, "num_generations must be at least 2 (advantages compare siblings)")
+        require(self.batch_size % self.num_generations == 0,
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations}): "
+                f"each batch holds batch_size / num_generations prompts with num_generations responses each")
+
+
+@dataclass
+class GRPOConfig(GroupConfig):
+    output_dir: str = "runs/grpo"
+    """run folder: config.yaml, metrics.jsonl, checkpoints/, final/"""
+    scale_by_std: bool = True
+    """divide the group-centred reward by the group's std (False with loss_aggregation=seq_sum_norm: Dr. GRPO)"""
+    loss_aggregation: LossAggregation = "seq_mean_token_mean"
+    """seq_mean_token_mean (the GRPO paper's 1/|o_i|), token_mean (DAPO) or seq_sum_norm (Dr. GRPO: token
+    sums over the constant sampling.max_new_tokens, no per-response length normalisation)"""
+
+    @property
+    def is_dr_grpo(self) -> bool:
+        """Dr. GRPO (Liu et al. 2025) removes both biases of GRPO: the std scaling of the advantage
+        and the per-response 1/|o_i| length normalisation. Only then is the name right."""
+        return not self.scale_by_std and self.loss_aggregation == "seq_sum_norm"
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def sequence_scores(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *, kl_coef: float,
+                    kl_in: str) -> torch.Tensor:
+    """The reward the advantages are built from: the score, minus kl_coef · Σ_t KL_t when the KL
+    goes in the reward (Ahmadian et al. 2024 §3). Shapes: scores (B,), kl and mask (B, R) → (B,)."""
+    if kl_in == "reward":
+        return scores - kl_coef * (kl * mask).sum(1)
+    return scores
+
+
+def sequence_advantages(config: GRPOConfig, rewards: torch.Tensor) -> torch.Tensor:
+    """(B,) group-contiguous rewards → (B,) group-normalised advantages (r − mean) / std per group
+    (centred only with ``scale_by_std=False``: Dr. GRPO)."""
+    return group_advantages(rewards, group_size=config.num_generations, scale_by_std=config.scale_by_std)
+
+
+# ---------------------------------------------------------------- loss
+
+
+def clipped_loss(out: Outputs, exp: Experience, idx: torch.Tensor, advantages: torch.Tensor,
+                 config: GroupConfig) -> tuple[torch.Tensor, dict]:
+    """The clipped surrogate of rows ``idx`` with each response's advantage on every token, plus
+    kl_coef · k3 KL to the reference when ``kl_in=loss`` (Shao et al. 2024 eq. 3–4)."""
+    kl_loss_coef = config.kl_coef if config.kl_in == "loss" else 0.0  # 0: no reference in the loss
+    ref = exp.ref_logprobs[idx] if kl_loss_coef else None
+    result = grpo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], exp.mask[idx],
+                              cliprange=config.cliprange, kl_coef=kl_loss_coef, ref_logprobs=ref, **config.aggregation)
+    stats = {("policy/kl_k3" if k == "kl" else k): v for k, v in result.stats.items()}
+    return result.losses.mean(), stats
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run_grpo(config: GRPOConfig, *, resume: bool = False, reward_fns: Sequence[Callable] = (),
+             gold_fn: Callable | None = None) -> Path:
+    """Train with GRPO; returns ``output_dir/final``. ``reward_fns`` are extra Python rewards given in
+    code; ``gold_fn(prompts, responses)`` is logged as gold/reward only."""
+    return run_group(config, "grpo", sequence_advantages, resume=resume, reward_fns=reward_fns, gold_fn=gold_fn)
+
+
+def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConfig, torch.Tensor], torch.Tensor],
+              *, resume: bool, reward_fns: Sequence[Callable], gold_fn: Callable | None) -> Path:
+    """The loop of GRPO and RLOO: they differ in ``advantages_fn(config, rewards) -> advantages`` and
+    in their defaults (kl_in, loss_aggregation)."""
+    setup = set_up(config, reward_fns=reward_fns, gold_fn=gold_fn)
+    policy, n = setup.policy, config.num_generations
+    optimizer, scheduler = optimizer_and_schedule(policy.parameters(), config.optim, total_steps=config.optimizer_steps)
+    modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler}
+    run = RLRun(config, name, modules, setup, prompts_per_step=config.batch_size // n, resume=resume)
+
+    while not run.done:
+        batch_prompts, batch_ids = run.next_prompts(setup.prompts, setup.prompt_ids, repeat=n)
+        # 1. generate n responses per prompt, 2. score them, 3. old-policy and reference log-probs
+        exp = collect(setup.actor, setup.reference, setup.generator, setup.tokenizer, setup.reward, batch_prompts,
+                      batch_ids, config, gold_fn=setup.gold_fn)
+        mask = exp.mask
+        kl_estimator = "k3" if config.kl_in == "loss" else config.kl_estimator
+        kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=kl_estimator) * mask  # (B, R)
+
+        # 4. group advantages from the (KL-penalised when kl_in=reward) sequence rewards
+        rewards = sequence_scores(exp.scores, kl, mask, kl_coef=config.kl_coef, kl_in=config.kl_in)
+        advantages = advantages_fn(config, rewards)  # (B,)
+        if config.whiten_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        metrics = objective_metrics(exp, kl, kl_coef=config.kl_coef)
+        groups = exp.scores.view(-1, n)
+        metrics["objective/group_std"] = float(groups.std(1).mean())
+        metrics["objective/zero_std_fraction"] = float((groups.std(1) == 0).float().mean())
+
+        # 5. epochs over shuffled minibatches of the clipped surrogate (+ k3 KL when kl_in=loss)
+        metrics.update(optimise(setup.actor, exp, config, optimizer, scheduler, run.shuffle,
+                                lambda out, idx: clipped_loss(out, exp, idx, advantages, config), values=False))
+
+        # 6. log and checkpoint
+        run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl"))
+    run.close()
+    return save_model(policy, setup.tokenizer, setup.out_dir / "final", save_adapter_only=config.lora.save_adapter_only)

@@ -1,0 +1,126 @@
+"""One experience step of every online method, without gradients: generate → score (+ missing-EOS
+penalty) → old-policy and reference log-probs (and values), chunked by ``forward_batch_size``; and
+the objective/* metrics of that batch.
+
+Not here: the models (:mod:`.policy`), where rewards come from (:mod:`.reward_sources`), what a
+method makes of the experience (:mod:`.ppo`, :mod:`.grpo`, :mod:`.rloo`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.rollout.base import Rollout
+from rlhfkit.rollout.hf import decode_responses
+from rlhfkit.train.rl.policy import ActorCritic, Reference
+from rlhfkit.train.rl.reward_sources import RewardSource
+from rlhfkit.train.rl.run import RLConfig
+from rlhfkit.train.run import autocast
+
+
+@dataclass
+class Experience:
+    """Everything step 5 (the optimisation) needs, for one batch of B responses. (B, R) tensors."""
+
+    prompts: list
+    responses: list[str]
+    input_ids: torch.Tensor  # (B, L) left-padded prompt + right-padded response
+    attention_mask: torch.Tensor  # (B, L)
+    completion_mask: torch.Tensor  # (B, L)
+    context_length: int  # P
+    mask: torch.Tensor  # (B, R) float, 1 on response tokens up to and including EOS
+    has_eos: torch.Tensor  # (B,) bool
+    scores: torch.Tensor  # (B,) reward after the missing-EOS penalty
+    logprobs: torch.Tensor  # (B, R) policy at rollout time (training forward)
+    ref_logprobs: torch.Tensor  # (B, R)
+    entropy: torch.Tensor  # (B, R)
+    values: torch.Tensor | None  # (B, R)
+    gold: torch.Tensor | None  # (B,)
+    stats: dict[str, float]
+    timings: dict[str, float]
+
+    def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model inputs of a subset of rows."""
+        return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
+                "completion_mask": self.completion_mask[index]}
+
+
+def _chunks(n: int, size: int) -> list[torch.Tensor]:
+    return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+@torch.no_grad()
+def collect(actor: ActorCritic, reference: Reference, generator, tokenizer, reward: RewardSource,
+            prompts: list, prompt_ids: list[list[int]], config: RLConfig, *,
+            gold_fn: Callable | None = None) -> Experience:
+    """Steps 1–3 of every online method: generate, score (+ missing-EOS penalty), old-policy and
+    reference log-probs and values — all without gradients."""
+    device = next(actor.policy.parameters()).device
+    timings: dict[str, float] = {}
+    # 1. generate (KV cache, left-padded prompts, stop at EOS, cut after the first EOS)
+    t = time.time()
+    rollout: Rollout = generator.generate(prompt_ids)
+    responses = decode_responses(tokenizer, rollout)
+    timings["time/generate"] = time.time() - t
+    # 2. score the texts; a response that never emitted EOS is penalised
+    t = time.time()
+    scores = reward.score(prompts, responses).float()
+    scores = scores - config.missing_eos_penalty * (~rollout.has_eos).float()
+    stats = dict(reward.last_stats)
+    gold = None
+    if gold_fn is not None:
+        gold = torch.as_tensor([float(g) for g in gold_fn(prompts, responses)])
+    timings["time/score"] = time.time() - t
+    # 3. old-policy and reference log-probs (and values) on response positions
+    t = time.time()
+    ids, attn, comp = (x.to(device) for x in (rollout.input_ids, rollout.attention_mask, rollout.completion_mask))
+    P, B = rollout.prompt_ids.shape[1], ids.shape[0]
+    parts: dict[str, list] = {"logprobs": [], "entropy": [], "values": [], "ref": []}
+    actor.train(False)
+    for idx in _chunks(B, config.forward_batch_size):
+        with autocast(config.precision):
+            out = actor.forward(ids[idx], attn[idx], comp[idx], P, temperature=config.sampling.temperature,
+                                entropy=True)
+            ref = reference.logprobs(actor.policy, ids[idx], attn[idx], comp[idx], P,
+                                     temperature=config.sampling.temperature)
+        parts["logprobs"].append(out.logprobs)
+        parts["entropy"].append(out.entropy)
+        parts["ref"].append(ref)
+        if out.values is not None:
+            parts["values"].append(out.values)
+    timings["time/reference"] = time.time() - t
+    mask = rollout.response_mask.to(device).float()
+    return Experience(
+        prompts=list(prompts), responses=responses, input_ids=ids, attention_mask=attn, completion_mask=comp,
+        context_length=P, mask=mask, has_eos=rollout.has_eos.to(device), scores=scores.to(device),
+        logprobs=torch.cat(parts["logprobs"]) * mask, ref_logprobs=torch.cat(parts["ref"]) * mask,
+        entropy=torch.cat(parts["entropy"]) * mask,
+        values=torch.cat(parts["values"]) * mask if parts["values"] else None,
+        gold=gold, stats=stats, timings=timings,
+    )
+
+
+def objective_metrics(exp: Experience, kl: torch.Tensor, *, kl_coef: float) -> dict[str, float]:
+    """The objective/* metrics (names as in TRL / "N implementation details"): per-sequence sums of
+    the per-token KL ``kl`` (B, R) and entropy, scores, the KL-penalised RLHF reward, lengths, EOS."""
+    seq_kl = (kl * exp.mask).sum(1)  # (B,)
+    lengths = exp.mask.sum(1)
+    metrics = {
+        "objective/kl": float(seq_kl.mean()),
+        "objective/entropy": float((exp.entropy * exp.mask).sum(1).mean()),
+        "objective/scores": float(exp.scores.mean()),
+        "objective/non_score_reward": float(-kl_coef * seq_kl.mean()),
+        "objective/rlhf_reward": float((exp.scores - kl_coef * seq_kl).mean()),
+        "objective/kl_coef": float(kl_coef),
+        "response/length": float(lengths.mean()),
+        "response/no_eos_fraction": float((~exp.has_eos).float().mean()),
+        **exp.stats,
+        **exp.timings,
+    }
+    if exp.gold is not None:
+        metrics["gold/reward"] = float(exp.gold.mean())
+    return metrics
