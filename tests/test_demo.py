@@ -70,7 +70,7 @@ def test_reward_model_entry_is_measured_on_the_heldout_pairs(quick_demo):
     # test_reward_model.py (accuracy >= 0.9) and shown by the full demo; here the summary's figures must
     # be what the saved model and the held-out file give when recomputed independently.
     from rlhfkit.data.records import load_records
-    from rlhfkit.models.reward import load_scorer
+    from rlhfkit.models.reward_model import load_scorer
 
     entry = json.loads((quick_demo / "summary.json").read_text())["methods"]["reward_model"]
     held = load_records(quick_demo / "data" / "prefs_heldout.jsonl", "pairwise").records
