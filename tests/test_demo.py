@@ -81,7 +81,7 @@ def test_demo_stages_are_cached(quick_demo):
 
 
 def test_expected_majority_of_the_panel_by_hand():
-    from rlhfkit.demo_steps.reward import majority_prob
+    from rlhfkit.demo.steps.labels_and_reward_model import majority_prob
 
     class Fixed:
         def __init__(self, p):

@@ -83,7 +83,7 @@ def test_group_method_raises_a_python_reward(method, tiny_model_dir, tmp_path):
 
 
 def test_dr_grpo_needs_both_of_its_changes():
-    from rlhfkit.demo_steps.rl import variant
+    from rlhfkit.demo.steps.rl import variant
 
     assert not GRPOConfig(scale_by_std=False).is_dr_grpo  # the per-response 1/|o_i| is still there
     assert not GRPOConfig(loss_aggregation="seq_sum_norm").is_dr_grpo  # the std scaling is still there

@@ -8,7 +8,7 @@ Stages (each cached: a stage whose ``final/`` folder or output file exists is no
 4. SFT on the demonstrations (``sft/``)
 5. the simulated annotator panel labels pairs and K-way rankings of SFT samples (``data/prefs_*.jsonl``)
 6. a reward model on those preferences (``reward/``), checked against gold and the panel's own ceiling
-7. every further method (DPO family, PPO / GRPO / RLOO, ...) from ``rlhfkit.demo_steps``
+7. every further method (DPO family, PPO / GRPO / RLOO, ...) from ``rlhfkit.demo.steps``
 8. ``summary.json`` (one entry per method, stable keys; ``intervals`` says how win-rate intervals
    are computed) and ``report.md``
 """
@@ -29,7 +29,7 @@ from rlhfkit.models.precision import PRECISIONS, resolve_precision
 from rlhfkit.models.tiny import TinyModelSpec
 
 # Demo steps run after the reward model, in this order; each is a module with run(ctx) -> entries.
-METHOD_STEPS = ("rlhfkit.demo_steps.preference", "rlhfkit.demo_steps.rl", "rlhfkit.demo_steps.ai_feedback")
+METHOD_STEPS = ("rlhfkit.demo.steps.preference", "rlhfkit.demo.steps.rl", "rlhfkit.demo.steps.ai_feedback")
 
 
 @dataclass
@@ -273,7 +273,7 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
     t = time.time()
     reward_entry = None
     if _wanted(config, "reward"):
-        from rlhfkit.demo_steps.reward import label_preferences, train_reward_model
+        from rlhfkit.demo.steps.labels_and_reward_model import label_preferences, train_reward_model
 
         label_preferences(ctx)
         reward_entry = train_reward_model(ctx, config.reward, resume=resume)

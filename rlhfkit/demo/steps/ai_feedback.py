@@ -51,7 +51,7 @@ def _supervised(ctx, name: str, model: Path, records: list[dict] | Path, steps: 
     """SFT ``model`` on ``records`` into ``<run>/<name>/final`` (reused when it exists; resumed when
     a checkpoint does)."""
     from rlhfkit.data.records import write_jsonl
-    from rlhfkit.pipeline import DemoStageConfig, stage_done, train_stage
+    from rlhfkit.demo.pipeline import DemoStageConfig, stage_done, train_stage
     from rlhfkit.train import common
     from rlhfkit.train.sft import SFTConfig, run_sft
 
@@ -81,7 +81,7 @@ def gold_agreement(task, records: list[dict]) -> float | None:
 
 
 def run_rlaif(ctx, judge) -> dict:
-    from rlhfkit.demo_steps.preference import RECIPES, train_method
+    from rlhfkit.demo.steps.preference import RECIPES, train_method
     from rlhfkit.data.records import load_records
     from rlhfkit.feedback.judging import judge_candidates, label_stats, read_journal
 
@@ -113,7 +113,7 @@ def judge_config(ctx, judge_dir: Path):
 
 def run_cai(ctx, judge_cfg) -> dict:
     from rlhfkit.data.records import load_records
-    from rlhfkit.demo_steps.preference import RECIPES, train_method
+    from rlhfkit.demo.steps.preference import RECIPES, train_method
     from rlhfkit.feedback.constitution import load_constitution
     from rlhfkit.feedback.constitution.run import ConstitutionConfig, run_constitution
     from rlhfkit.feedback.judging import read_journal

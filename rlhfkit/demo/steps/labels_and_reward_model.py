@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from rlhfkit.data.records import write_jsonl
-from rlhfkit.pipeline import DemoContext, DemoStageConfig, random_for
+from rlhfkit.demo.pipeline import DemoContext, DemoStageConfig, random_for
 
 VOTERS = 3
 K_RANKING = 4
