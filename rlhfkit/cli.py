@@ -28,7 +28,7 @@ STAGES: dict[str, Stage] = {
     "pretrain": Stage("rlhfkit.train.sft", "PretrainConfig", "run_pretrain",
                       "pre-train a (tiny) causal LM from scratch on raw text"),
     "sft": Stage("rlhfkit.train.sft", "SFTConfig", "run_sft", "supervised fine-tuning on demonstrations"),
-    "demo": Stage("rlhfkit.pipeline", "DemoConfig", "run_demo",
+    "demo": Stage("rlhfkit.demo.pipeline", "DemoConfig", "run_demo",
                   "the whole pipeline on the built-in task; writes summary.json and report.md"),
 }
 

@@ -1,4 +1,14 @@
-"""Shared fixtures: a tiny offline model and tokenizer, built once per test session."""
+"""Shared fixtures: a tiny offline model and tokenizer, built once per test session.
+
+The suite comes in folders by what a test checks (markers ``slow`` and ``browser`` cut across them):
+- ``unit/``: pure functions and small parts, against hand-computed numbers (losses, ops, metrics,
+  config, data, rankings, agreement, the task, the one forward, the CLI, import hygiene);
+- ``stages/``: each training stage end to end on a tiny model, every model family, serving, the demo;
+- ``feedback/``: the labeling app, AI judges, AI labelling, Constitutional AI, judges served over HTTP;
+- ``parity/``: rlhfkit's losses against TRL's own code.
+Test folders are not packages, so every test file's name must be unique across them; a helper that
+two files need is a fixture here, never an import of one test file (or of this one) from another.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +25,12 @@ TEXTS = [
     "User: i think the zorp is blue. am i right?\nAssistant: no, the zorp is green.",
     "the dax is red. the wug lives in the cave. the zorp eats berries.",
 ] * 40
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[str]:
+    """The corpus the tiny tokenizers are trained on (and the tiny models of every family)."""
+    return TEXTS
 
 
 @pytest.fixture(scope="session")

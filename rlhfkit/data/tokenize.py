@@ -1,6 +1,6 @@
 """From records to token ids: chat templates, completion-only loss masks, EOS and BOS rules, truncation.
 
-Rules every stage shares (tested in tests/test_data.py):
+Rules every stage shares (tested in tests/unit/test_data.py):
 - a conversational prompt goes through the tokenizer's chat template with the generation prompt;
   a conversational completion is the text the template adds after that generation prompt;
 - the loss covers completion tokens only (labels are -100 on the prompt) and includes the EOS;

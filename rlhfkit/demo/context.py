@@ -1,35 +1,25 @@
-"""``rlhfkit demo``: the whole pipeline on the built-in task, into one run folder.
+"""What every step of ``rlhfkit demo`` shares: the demo's config, the run's context, and the helpers
+the steps have in common.
 
-Stages (each cached: a stage whose ``final/`` folder or output file exists is not run again):
-
-1. the task: world, pre-training corpus, demonstrations, prompts (``task.json``, ``data/``)
-2. a tiny tokenizer + Llama initialised from scratch (``init/``)
-3. pre-training on the corpus (``pretrain/``)
-4. SFT on the demonstrations (``sft/``)
-5. the simulated annotator panel labels pairs and K-way rankings of SFT samples (``data/prefs_*.jsonl``)
-6. a reward model on those preferences (``reward/``), checked against gold and the panel's own ceiling
-7. every further method (DPO family, PPO / GRPO / RLOO, ...) from ``rlhfkit.demo_steps``
-8. ``summary.json`` (one entry per method, stable keys; ``intervals`` says how win-rate intervals
-   are computed) and ``report.md``
+What lives here: ``DemoConfig`` (and ``DemoStageConfig``, one supervised stage's budget),
+``DemoContext`` (the run folder, the task, the data files and the one evaluation every policy goes
+through, with its caches), ``make_context`` (a context over an existing run folder), ``stage_done`` /
+``train_stage`` (one cached supervised stage) and ``random_for`` (a seeded RNG per purpose).
+What does not: the order of the stages (``rlhfkit.demo.pipeline``) and the methods themselves
+(``rlhfkit.demo.steps``). This module imports no step and no pipeline, so both can import it.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import require, save_config
-from rlhfkit.data.records import write_jsonl
-from rlhfkit.models.precision import PRECISIONS, resolve_precision
+from rlhfkit.config import require
+from rlhfkit.models.precision import PRECISIONS
 from rlhfkit.models.tiny import TinyModelSpec
-
-# Demo steps run after the reward model, in this order; each is a module with run(ctx) -> entries.
-METHOD_STEPS = ("rlhfkit.demo_steps.preference", "rlhfkit.demo_steps.rl", "rlhfkit.demo_steps.ai_feedback")
 
 
 @dataclass
@@ -99,6 +89,10 @@ class DemoConfig:
             reward=replace(self.reward, max_steps=10),
         )
 
+    def wants(self, name: str) -> bool:
+        """Whether the method (or step) ``name`` is to run: ``methods`` holds "all" or that name."""
+        return "all" in self.methods or name in self.methods
+
 
 @dataclass
 class DemoContext:
@@ -116,7 +110,12 @@ class DemoContext:
     rl_prompts: Path | None = None
     eval_prompts: list[str] = field(default_factory=list)
     report_sections: list[str] = field(default_factory=list)
-    _cache: dict = field(default_factory=dict)
+    _samples: dict = field(default_factory=dict)
+    """policy name -> its evaluation samples (drawn once per run)"""
+    _models: dict = field(default_factory=dict)
+    """loaded models kept for the run (the SFT model every KL is measured against)"""
+    _scorer: Any = None
+    """the run's reward model, loaded on first use"""
 
     @property
     def quick(self) -> bool:
@@ -138,8 +137,8 @@ class DemoContext:
         from rlhfkit.evaluate.policy import load_samples, sample_and_score, save_samples
         from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
-        if name in self._cache:
-            return self._cache[name]
+        if name in self._samples:
+            return self._samples[name]
         path = self.out / "eval" / f"{name}.samples.json"
         if path.exists() and path.stat().st_mtime >= (Path(policy_dir) / "config.json").stat().st_mtime:
             samples = load_samples(path)
@@ -148,8 +147,13 @@ class DemoContext:
                                        self.eval_prompts, n=self.config.eval_samples,
                                        max_new_tokens=self.config.max_new_tokens, seed=self.seed + 7)
             save_samples(samples, path)
-        self._cache[name] = samples
+        self._samples[name] = samples
         return samples
+
+    def sampled(self, names) -> dict:
+        """``{name: samples}`` of those of ``names`` whose samples this run has drawn, in the order of
+        ``names`` (what the report shows)."""
+        return {name: self._samples[name] for name in names if name in self._samples}
 
     def evaluate(self, policy_dir: Path, name: str) -> dict:
         """The standard summary entry of a policy: gold, win rate vs SFT, KL to SFT, proxy, ..."""
@@ -169,41 +173,21 @@ class DemoContext:
 
     def proxy_reward(self, samples) -> float:
         """Mean score of the run's learned reward model on a policy's samples."""
-        return float(self._scorer().score(*samples.flat()).mean())
+        return float(self._reward_scorer().score(*samples.flat()).mean())
 
     def _model(self, key: str, folder: Path):
         from rlhfkit.models.loading import load_causal_lm
 
-        if key not in self._cache:
-            self._cache[key] = load_causal_lm(folder)
-        return self._cache[key]
+        if key not in self._models:
+            self._models[key] = load_causal_lm(folder)
+        return self._models[key]
 
-    def _scorer(self):
+    def _reward_scorer(self):
         from rlhfkit.models.reward_model import load_scorer
 
-        if "scorer" not in self._cache:
-            self._cache["scorer"] = load_scorer(self.reward)
-        return self._cache["scorer"]
-
-
-def stage_done(path: Path) -> bool:
-    return (path / "final" / "config.json").exists()
-
-
-def train_stage(out: Path, config: DemoConfig, stage_cls, run, name: str, model: Path, data: Path,
-                budget: DemoStageConfig, *, resume: bool, save_every: int = 100, **extra) -> Path:
-    """One supervised stage of the demo (pre-training, SFT, the AI-feedback models) into
-    ``<out>/<name>/final``; a stage whose final folder exists is not run again."""
-    from rlhfkit.train.run import OptimConfig
-
-    stage_dir = out / name
-    if not stage_done(stage_dir):
-        stage = stage_cls(model=str(model), data=str(data), output_dir=str(stage_dir),
-                          max_steps=budget.max_steps, batch_size=budget.batch_size, precision=config.precision,
-                          optim=OptimConfig(learning_rate=budget.learning_rate, warmup_ratio=0.05),
-                          log_every=10, eval_every=0, save_every=save_every, seed=config.seed, **extra)
-        run(stage, resume=resume)
-    return stage_dir / "final"
+        if self._scorer is None:
+            self._scorer = load_scorer(self.reward)
+        return self._scorer
 
 
 def make_context(out: Path, config: DemoConfig | None = None) -> DemoContext:
@@ -226,107 +210,27 @@ def make_context(out: Path, config: DemoConfig | None = None) -> DemoContext:
                        rl_prompts=out / "data" / "rl_prompts.jsonl", eval_prompts=eval_prompts)
 
 
-def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
-    from rlhfkit.models.tiny import create_tiny_model
-    from rlhfkit.tasks import FactsTask
-    from rlhfkit.train.sft import PretrainConfig, SFTConfig, run_pretrain, run_sft
-
-    config = config.scaled()
-    # auto -> bf16 or fp32 once, said in the log; every stage then gets the explicit choice
-    config = replace(config, precision=resolve_precision(config.precision, announce=True))
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    timings: dict[str, float] = {}
-    t0 = time.time()
-
-    # 1. the task and its data
-    task = FactsTask.from_seed(config.seed)
-    (out / "task.json").write_text(json.dumps(task.to_dict(), indent=1))
-    corpus = task.pretrain_corpus(config.n_pretrain_docs, rng_seed=config.seed + 1)
-    write_jsonl(({"text": t} for t in corpus), out / "data" / "pretrain.jsonl")
-    write_jsonl(task.sft_records(config.n_sft, rng_seed=config.seed + 2), out / "data" / "sft.jsonl")
-    write_jsonl(task.prompts(config.n_eval_prompts, rng_seed=config.seed + 3, split="eval"),
-                out / "data" / "eval_prompts.jsonl")
-    write_jsonl(task.prompts(config.n_rl_prompts, rng_seed=config.seed + 4, split="train"),
-                out / "data" / "rl_prompts.jsonl")
-    timings["task"] = time.time() - t0
-
-    # 2. tokenizer + tiny model from scratch
-    if not (out / "init" / "config.json").exists():
-        create_tiny_model(corpus, out / "init", spec=config.model, seed=config.seed)
-
-    # 3. pre-training, 4. SFT
-    def supervised(stage_cls, run, name: str, model: Path, data: Path, budget: DemoStageConfig, **extra) -> Path:
-        if not stage_done(out / name):
-            t = time.time()
-            train_stage(out, config, stage_cls, run, name, model, data, budget, resume=resume, **extra)
-            timings[name] = time.time() - t
-        return out / name / "final"
-
-    pretrained = supervised(PretrainConfig, run_pretrain, "pretrain", out / "init", out / "data" / "pretrain.jsonl",
-                            config.pretrain, max_length=128)
-    sft = supervised(SFTConfig, run_sft, "sft", pretrained, out / "data" / "sft.jsonl", config.sft, max_length=128)
-    ctx = make_context(out, config)
-
-    # 5. the simulated panel labels SFT samples, 6. the reward model
-    t = time.time()
-    reward_entry = None
-    if _wanted(config, "reward"):
-        from rlhfkit.demo_steps.reward import label_preferences, train_reward_model
-
-        label_preferences(ctx)
-        reward_entry = train_reward_model(ctx, config.reward, resume=resume)
-        ctx.reward = out / "reward" / "final"
-        timings["reward"] = time.time() - t
-
-    # 7. every other method, from the same SFT model and the same preferences
-    methods = {"pretrained": None, "sft": None}
-    for module_name in METHOD_STEPS:
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        step = importlib.import_module(module_name)
-        t = time.time()
-        entries = step.run(ctx) if getattr(step, "NAMES", None) is None or any(
-            _wanted(config, n) for n in step.NAMES) else {}
-        for name, entry in entries.items():
-            if _wanted(config, name):
-                methods[name] = entry
-        timings[module_name.rsplit(".", 1)[-1]] = time.time() - t
-
-    # 8. evaluation of the baselines, summary and report
-    t = time.time()
-    pre = ctx.samples(pretrained, "pretrained")
-    from rlhfkit.evaluate.policy import summarize
-
-    methods["pretrained"] = summarize(task, pre)
-    methods["sft"] = summarize(task, ctx.samples(sft, "sft"), baseline=pre, baseline_name="pretrained")
-    if ctx.reward is not None:
-        for name, folder in (("pretrained", pretrained), ("sft", sft)):
-            methods[name]["proxy_reward"] = ctx.proxy_reward(ctx.samples(folder, name))
-    timings["evaluate"] = time.time() - t
-    timings["total"] = time.time() - t0
-
-    from rlhfkit.evaluate.policy import INTERVALS
-
-    summary = {"task": "facts", "seed": config.seed, "quick": config.quick, "precision": config.precision,
-               "methods": methods, "intervals": dict(INTERVALS),
-               "timings_s": {k: round(v, 1) for k, v in timings.items()}}
-    if reward_entry is not None:
-        summary["methods"]["reward_model"] = reward_entry
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from rlhfkit.evaluate.report import write_report
-
-    samples = {name: ctx._cache[name] for name in methods if name in ctx._cache}
-    report = write_report(out, summary, samples, task, extra_sections=ctx.report_sections)
-    print(f"report: {report}")
-    print(f"summary: {out / 'summary.json'}")
-    return report
+def stage_done(path: Path) -> bool:
+    return (path / "final" / "config.json").exists()
 
 
-def _wanted(config: DemoConfig, name: str) -> bool:
-    return "all" in config.methods or name in config.methods
+def train_stage(out: Path, config: DemoConfig, stage_cls, run, name: str, model: Path, data: Path,
+                budget: DemoStageConfig, *, resume: bool, save_every: int = 100, **extra) -> Path:
+    """One supervised stage of the demo (pre-training, SFT, the AI-feedback models) into
+    ``<out>/<name>/final``; a stage whose final folder exists is not run again."""
+    from rlhfkit.train.run import OptimConfig
+
+    stage_dir = out / name
+    if not stage_done(stage_dir):
+        stage = stage_cls(model=str(model), data=str(data), output_dir=str(stage_dir),
+                          max_steps=budget.max_steps, batch_size=budget.batch_size, precision=config.precision,
+                          optim=OptimConfig(learning_rate=budget.learning_rate, warmup_ratio=0.05),
+                          log_every=10, eval_every=0, save_every=save_every, seed=config.seed, **extra)
+        run(stage, resume=resume)
+    return stage_dir / "final"
 
 
 def random_for(seed: int, salt: str) -> random.Random:
+    """A ``random.Random`` of its own for one purpose of the run (``salt``), so that adding a draw
+    elsewhere never shifts this one's numbers."""
     return random.Random(f"{seed}:{salt}")

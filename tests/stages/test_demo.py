@@ -98,7 +98,7 @@ def test_demo_stages_are_cached(quick_demo):
 
 
 def test_expected_majority_of_the_panel_by_hand():
-    from rlhfkit.demo_steps.reward import majority_prob
+    from rlhfkit.demo.steps.labels_and_reward_model import majority_prob
 
     class Fixed:
         def __init__(self, p):
@@ -114,3 +114,16 @@ def test_expected_majority_of_the_panel_by_hand():
     # four annotators (1, 1, 0, 0), three drawn: the 4 draws hold two 1s in 2 of them (majority for a)
     # and one 1 in the other 2 (majority for b) → 2/4 = 0.5
     assert majority_prob([Fixed(1.0), Fixed(1.0), Fixed(0.0), Fixed(0.0)], "p", "a", "b") == pytest.approx(0.5)
+
+
+def test_every_step_module_runs_in_the_pipeline():
+    # the pipeline lists its steps explicitly; a step module it does not list would never run
+    import pkgutil
+
+    from rlhfkit.demo import pipeline, steps
+
+    listed = {step.__name__ for step in pipeline.METHOD_STEPS} | {pipeline.labels_and_reward_model.__name__}
+    found = {f"{steps.__name__}.{m.name}" for m in pkgutil.iter_modules(steps.__path__)}
+    assert listed == found
+    for step in pipeline.METHOD_STEPS:
+        assert step.NAMES and callable(step.run), step.__name__

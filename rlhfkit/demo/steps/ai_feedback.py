@@ -21,11 +21,18 @@
    comparison principles, and DPO from SL-CAI on those labels gives the ``cai`` policy (RL-CAI, with
    DPO in place of a preference model + PPO). The entry adds ``revision_gold_gain`` (mean gold of
    final revisions minus initial responses) and the SL-CAI model's own gold reward.
+
+What lives here: the demo's AI-feedback recipes and their summary entries and report section. What does
+not: the judges, AI labelling and the constitution runner (``rlhfkit.feedback``), the judge's and the
+helper's training data (``rlhfkit.tasks.facts_ai``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from rlhfkit.demo.context import DemoStageConfig, stage_done, train_stage
+from rlhfkit.demo.steps.preference import RECIPES, train_method
 
 NAMES = ("rlaif", "cai")
 
@@ -51,7 +58,6 @@ def _supervised(ctx, name: str, model: Path, records: list[dict] | Path, steps: 
     """SFT ``model`` on ``records`` into ``<run>/<name>/final`` (reused when it exists; resumed when
     a checkpoint does)."""
     from rlhfkit.data.records import write_jsonl
-    from rlhfkit.pipeline import DemoStageConfig, stage_done, train_stage
     from rlhfkit.train.run import latest_checkpoint
     from rlhfkit.train.sft import SFTConfig, run_sft
 
@@ -81,7 +87,6 @@ def gold_agreement(task, records: list[dict]) -> float | None:
 
 
 def run_rlaif(ctx, judge) -> dict:
-    from rlhfkit.demo_steps.preference import RECIPES, train_method
     from rlhfkit.data.records import load_records
     from rlhfkit.feedback.judging import judge_candidates, label_stats, read_journal
 
@@ -113,7 +118,6 @@ def judge_config(ctx, judge_dir: Path):
 
 def run_cai(ctx, judge_cfg) -> dict:
     from rlhfkit.data.records import load_records
-    from rlhfkit.demo_steps.preference import RECIPES, train_method
     from rlhfkit.feedback.constitution import load_constitution
     from rlhfkit.feedback.constitution.run import ConstitutionConfig, run_constitution
     from rlhfkit.feedback.judging import read_journal
@@ -155,8 +159,7 @@ def run_cai(ctx, judge_cfg) -> dict:
 
 def run(ctx) -> dict[str, dict]:
     """Train the judge, then RLAIF and CAI; returns ``{name: summary entry}``."""
-    methods = getattr(ctx.config, "methods", ["all"])
-    wanted = [n for n in NAMES if "all" in methods or n in methods]
+    wanted = [n for n in NAMES if ctx.config.wants(n)]
     if not wanted or ctx.prefs is None:
         return {}
     judge_dir = train_judge(ctx)

@@ -5,6 +5,9 @@ Each method trains into ``<run>/<name>/`` (a method whose ``final/config.json`` 
 interrupted one resumes from its newest checkpoint), logs the task's gold reward next to the proxy
 (reward-model) score at every step, and is scored by the same :meth:`DemoContext.evaluate` as
 every other method. The report gets the proxy-vs-gold curves of ``ppo`` and ``ppo_no_kl``.
+
+What lives here: the demo's RL recipes, their summary entries, the proxy-vs-gold table. What does not:
+the RL loops, rollouts and reward sources (``rlhfkit.train.rl``, ``rlhfkit.train.rl.reward_sources``).
 """
 
 from __future__ import annotations
@@ -158,10 +161,9 @@ def run(ctx) -> dict[str, dict]:
     if ctx.reward is None:
         print("rl: no reward model in this run; PPO / GRPO / RLOO skipped")
         return {}
-    methods = getattr(ctx.config, "methods", ["all"])
     entries = {}
     for name in NAMES:
-        if "all" not in methods and name not in methods:
+        if not ctx.config.wants(name):
             continue
         final = train_method(ctx, name)
         entry = ctx.evaluate(final, name)

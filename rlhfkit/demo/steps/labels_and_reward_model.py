@@ -5,6 +5,10 @@ policy, each pair judged by three annotators of the panel (``label_prob`` = thei
 the chosen one, ``annotator`` = who voted), and 4-way rankings by a single annotator. Held-out
 pairs (eval prompts, never trained on) measure the reward model against gold next to the panel's
 own agreement with gold: the noise ceiling a reward model trained on these labels can reach.
+
+What lives here: the labelling (pairs, rankings, held-out pairs) and the demo's reward-model run and
+summary entry. What does not: the annotators themselves (``rlhfkit.tasks.panel``), reward-model
+training (``rlhfkit.train``) and scoring (``rlhfkit.models``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 
 from rlhfkit.data.records import write_jsonl
-from rlhfkit.pipeline import DemoContext, DemoStageConfig, random_for
+from rlhfkit.demo.context import DemoContext, DemoStageConfig, random_for
 
 VOTERS = 3
 K_RANKING = 4

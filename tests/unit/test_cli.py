@@ -58,3 +58,14 @@ def test_config_file_and_overrides(tiny_model_dir, tmp_path):
     assert "learning_rate: 0.001" in saved and "max_steps: 2" in saved
     assert (out / "final" / "config.json").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2
+
+
+def test_every_stage_names_a_module_config_and_run_that_exist():
+    # the CLI lists an optional stage only when its module is found: a mistyped module would vanish silently
+    import importlib
+
+    from rlhfkit.cli import OPTIONAL_STAGES, STAGES
+
+    for name, stage in {**STAGES, **OPTIONAL_STAGES}.items():
+        module = importlib.import_module(stage.module)
+        assert callable(getattr(module, stage.run)) and hasattr(module, stage.config), name

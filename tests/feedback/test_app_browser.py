@@ -23,7 +23,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 ADMIN = "admin-token-for-tests-0123456789"
 # the README's screenshots are refreshed only on request (RLHFKIT_SCREENSHOTS=docs), so a test run never
 # changes a tracked file; otherwise they go to a temporary folder
-SCREENSHOT = (Path(__file__).resolve().parents[1] / "docs" / "img" if os.environ.get("RLHFKIT_SCREENSHOTS") == "docs"
+SCREENSHOT = (Path(__file__).resolve().parents[2] / "docs" / "img" if os.environ.get("RLHFKIT_SCREENSHOTS") == "docs"
               else Path(tempfile.mkdtemp(prefix="rlhfkit-screens-"))) / "annotator.png"
 XSS = '<script>alert("xss")</script><img src=x onerror="alert(1)"> and <b>bold</b>'
 

@@ -85,7 +85,7 @@ def test_group_method_raises_a_python_reward(method, tiny_model_dir, tmp_path):
 
 
 def test_dr_grpo_needs_both_of_its_changes():
-    from rlhfkit.demo_steps.rl import variant
+    from rlhfkit.demo.steps.rl import variant
 
     assert not GRPOConfig(scale_by_std=False).is_dr_grpo  # the per-response 1/|o_i| is still there
     assert not GRPOConfig(loss_aggregation="seq_sum_norm").is_dr_grpo  # the std scaling is still there
@@ -126,7 +126,7 @@ def test_learning_rate_schedule_spans_every_optimiser_step(tiny_model_dir, tmp_p
     prompts.write_text("".join(json.dumps({"prompt": f"User: what color is the {n}?\nAssistant:"}) + "\n"
                                for n in ("dax", "wug", "zorp", "fep")))
     config = GRPOConfig(model=str(tiny_model_dir), prompts=str(prompts), output_dir=str(tmp_path / "grpo"),
-                        reward=RewardSettings(functions=["tests.test_group:letters"]),
+                        reward=RewardSettings(functions=["tests.stages.test_group:letters"]),
                         sampling=SamplingConfig(max_new_tokens=4, batch_size=8), batch_size=8, num_generations=2,
                         num_ppo_epochs=2, num_minibatches=2, total_steps=3, progress=False, save_every=0,
                         optim=OptimConfig(learning_rate=1e-3, warmup_ratio=0.0, min_lr_ratio=0.1))

@@ -22,8 +22,6 @@ from rlhfkit.rollout.base import SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train.run import OptimConfig
 
-from conftest import TEXTS
-
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 NAMES = ["dax", "wug", "zorp", "fep"]
@@ -49,8 +47,8 @@ def family(request):
 
 
 @pytest.fixture(scope="session")
-def model_dir(family, tmp_path_factory):
-    return create_tiny_family(family, TEXTS, tmp_path_factory.mktemp(family) / "model")
+def model_dir(family, tiny_texts, tmp_path_factory):
+    return create_tiny_family(family, tiny_texts, tmp_path_factory.mktemp(family) / "model")
 
 
 @pytest.fixture(scope="session")
@@ -254,13 +252,13 @@ def test_group_method(family, model_dir, data, tmp_path, method):
 
 
 @pytest.mark.slow
-def test_sampling_stops_at_every_stop_token_of_the_generation_config(tmp_path):
+def test_sampling_stops_at_every_stop_token_of_the_generation_config(tiny_texts, tmp_path):
     # Gemma's generation config lists <end_of_turn> beside <eos>; a rollout must end at either, and
     # the decoded text must not carry it
     from rlhfkit.models.loading import stop_token_ids
     from rlhfkit.rollout.hf import decode_responses
 
-    model_dir = create_tiny_family("gemma", TEXTS, tmp_path / "gemma")
+    model_dir = create_tiny_family("gemma", tiny_texts, tmp_path / "gemma")
     tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
     stops = stop_token_ids(model, tok)
     end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")

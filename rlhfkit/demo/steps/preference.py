@@ -5,6 +5,9 @@ an interrupted one resumes from its newest checkpoint) and is scored by the same
 :meth:`DemoContext.evaluate` as PPO and the rest, plus a few keys of its own: the held-out
 preference accuracy and margin of its implicit reward, and whether its chosen log-probs fell
 steadily during training (likelihood displacement).
+
+What lives here: the demo's recipes for the direct methods and their summary entries and report table.
+What does not: the losses (``rlhfkit.losses``) and the training loop (``rlhfkit.train``).
 """
 
 from __future__ import annotations
@@ -84,11 +87,10 @@ def _own_keys(folder: Path) -> dict:
 
 def run(ctx) -> dict[str, dict]:
     """Train and evaluate every wanted method; returns ``{name: summary entry}``."""
-    methods = getattr(ctx.config, "methods", ["all"])
     entries = {}
     rows = []
     for name in NAMES:
-        if "all" not in methods and name not in methods:
+        if not ctx.config.wants(name):
             continue
         final = train_method(ctx, name)
         entry = ctx.evaluate(final, name)

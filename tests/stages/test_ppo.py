@@ -198,7 +198,7 @@ def test_ppo_raises_a_python_reward_with_sane_invariants(tiny_model_dir, prompt_
     first, last = sum(r["objective/scores"] for r in m[:3]) / 3, sum(r["objective/scores"] for r in m[-3:]) / 3
     assert last > first + 0.1, (first, last)
     # the demo's proxy-vs-gold table reads the same metrics
-    from rlhfkit.demo_steps.rl import curve_section, read_curve
+    from rlhfkit.demo.steps.rl import curve_section, read_curve
 
     curve = read_curve(out)
     assert [r["gold"] for r in curve] == [r["gold/reward"] for r in m]
