@@ -61,6 +61,37 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def stopped_at_checkpoint(monkeypatch):
+    """``with stopped_at_checkpoint(n): run(config)``: the run stops right after saving its step-``n``
+    checkpoint, as a crash would (the resume tests then continue it with ``resume=True``)."""
+    import contextlib
+
+    import rlhfkit.train.run as run_module
+
+    class Stop(Exception):
+        pass
+
+    @contextlib.contextmanager
+    def stop_at(n: int):
+        original = run_module.save_checkpoint
+
+        def save_then_stop(*args, **kwargs):
+            path = original(*args, **kwargs)
+            if kwargs["state"].step == n:
+                raise Stop
+            return path
+
+        monkeypatch.setattr(run_module, "save_checkpoint", save_then_stop)
+        try:
+            with pytest.raises(Stop):
+                yield
+        finally:
+            monkeypatch.setattr(run_module, "save_checkpoint", original)
+
+    return stop_at
+
+
 # ---------------------------------------------------------------- the labeling app's two stores
 
 

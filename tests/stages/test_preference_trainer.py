@@ -8,7 +8,6 @@ import random
 import pytest
 import torch
 
-from rlhfkit.train import run as run_module
 from rlhfkit.train.direct import batches as D
 from rlhfkit.train.direct import preference as P
 from rlhfkit.train.direct.dpo import dpo_objective
@@ -257,26 +256,14 @@ def test_gradient_signs_of_kto():
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted_and_reuses_the_reference(tiny_model_dir, prefs, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_and_reuses_the_reference(tiny_model_dir, prefs, tmp_path, monkeypatch,
+                                                               stopped_at_checkpoint):
     n = 5
     full = run_dpo(make(DPOConfig, tiny_model_dir, prefs, tmp_path / "full", max_steps=2 * n))
     half = make(DPOConfig, tiny_model_dir, prefs, tmp_path / "half", max_steps=2 * n, save_every=n)
 
-    class Stop(Exception):
-        pass
-
-    original = run_module.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        path = original(*args, **kwargs)
-        if kwargs["state"].step == n:
-            raise Stop
-        return path
-
-    monkeypatch.setattr(run_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(Stop):
+    with stopped_at_checkpoint(n):
         run_dpo(half)
-    monkeypatch.setattr(run_module, "save_checkpoint", original)
     monkeypatch.setattr(D, "compute_reference", lambda *a, **k: pytest.fail("--resume recomputed the reference"))
     resumed = run_dpo(half, resume=True)
 

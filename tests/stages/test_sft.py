@@ -53,32 +53,15 @@ def test_sft_loss_falls_and_final_loads_with_plain_transformers(tiny_model_dir, 
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(tiny_model_dir, sft_data, tmp_path):
+def test_resume_equals_uninterrupted(tiny_model_dir, sft_data, tmp_path, stopped_at_checkpoint):
     # N steps, stop, resume N more == 2N uninterrupted (fp32, CPU): same data order, optimizer
     # moments, schedule and RNG after the restart.
     n = 6
     full = run_sft(make_config(tiny_model_dir, sft_data, tmp_path / "full", max_steps=2 * n))
     half_cfg = make_config(tiny_model_dir, sft_data, tmp_path / "half", max_steps=2 * n, save_every=n)
-    # simulate the interruption: run the first n steps with max_steps=n but the same schedule length
-    import rlhfkit.train.run as run_module
-
-    class Stop(Exception):
-        pass
-
-    original = run_module.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        path = original(*args, **kwargs)
-        if kwargs["state"].step == n:
-            raise Stop
-        return path
-
-    run_module.save_checkpoint = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            run_sft(half_cfg)
-    finally:
-        run_module.save_checkpoint = original
+    # the interruption: the first n steps of a run with the full schedule, stopped after its checkpoint
+    with stopped_at_checkpoint(n):
+        run_sft(half_cfg)
     resumed = run_sft(half_cfg, resume=True)
 
     from safetensors.torch import load_file
