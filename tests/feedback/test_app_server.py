@@ -50,7 +50,9 @@ def test_load_50_annotators_every_submission_stored_exactly_once(store, store_ur
         return sent
 
     async def everyone(base):
-        limits = httpx.Limits(max_connections=n_annotators * 2)
+        # idle connections expire on the client before uvicorn's 5 s keep-alive closes them: otherwise, on a
+        # slow machine, a request can go out on a connection the server is closing (httpx.ReadError)
+        limits = httpx.Limits(max_connections=n_annotators * 2, keepalive_expiry=2.0)
         async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
             return await asyncio.gather(*(annotate(client, t, i) for i, t in enumerate(tokens)))
 
