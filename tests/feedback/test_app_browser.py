@@ -49,19 +49,22 @@ CHAT = [{"role": "system", "content": "You are a baker."}, {"role": "user", "con
 GUIDELINES = "Prefer the response that is correct, then helpful, then concise.\nNever reward made-up facts."
 
 
+PAIR_RECORDS = [{"prompt": p, "responses": [a, b], "gold": None} for p, a, b in PAIRS]
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                    reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+
+
 def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
 
 
 @pytest.mark.browser
+@needs_chromium
 def test_keyboard_labeling_export_and_escaping(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     store = SQLiteStorage(tmp_path / "fb.sqlite")
-    records = [{"prompt": p, "responses": [a, b], "gold": None} for p, a, b in PAIRS]
-    pairwise = store.create_project("helpfulness", mode="pairwise", items=build_items(records, "pairwise"),
+    pairwise = store.create_project("helpfulness", mode="pairwise", items=build_items(PAIR_RECORDS, "pairwise"),
                                     strength_scale=3, guidelines=GUIDELINES)
     ranking = store.create_project("ranking", mode="ranking", items=[
         {"prompt": "Rank these greetings.", "responses": ["Hi.", "Hello there!", "Greetings, friend.", "Yo"]}])
@@ -149,14 +152,12 @@ def test_keyboard_labeling_export_and_escaping(tmp_path):
 
 
 @pytest.mark.browser
+@needs_chromium
 def test_admin_page_shows_progress_and_links(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     store = SQLiteStorage(tmp_path / "fb.sqlite")
-    records = [{"prompt": p, "responses": [a, b], "gold": None} for p, a, b in PAIRS]
-    project = store.create_project("helpfulness", mode="pairwise", items=build_items(records, "pairwise"))
+    project = store.create_project("helpfulness", mode="pairwise", items=build_items(PAIR_RECORDS, "pairwise"))
     ann = store.add_annotator(project["id"], "<b>eve</b>")
     store.submit(ann, store.next_assignment(ann)["id"], key="k", choice="A")
     with running_server(store, admin_token=ADMIN) as base, sync_playwright() as pw:
@@ -179,9 +180,8 @@ def no_sideways_overflow(page):
 
 
 @pytest.mark.browser
+@needs_chromium
 def test_markdown_conversations_and_phone_layout(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     store = SQLiteStorage(tmp_path / "fb.sqlite")
