@@ -71,6 +71,8 @@ def _stage_parser(sub, name: str, stage: Stage) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     if name == "demo":
         parser.add_argument("--quick", action="store_true", help="a much smaller run (same as quick=true)")
+        parser.add_argument("--seeds", help="training seeds to rerun the DPO family and RL methods on, e.g. 0,1,2 "
+                                            "(same as seeds=[0,1,2])")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted for nested fields")
     parser.set_defaults(stage=name)
 
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     if getattr(args, "quick", False):
         overrides.append("quick=true")
+    if getattr(args, "seeds", None):
+        overrides.append(f"seeds=[{args.seeds}]")
     try:
         config = load_config(getattr(module, stage.config), args.config, overrides)
     except ConfigError as err:

@@ -69,12 +69,17 @@ class DemoConfig:
     """reward-model budget"""
     methods: list[str] = field(default_factory=lambda: ["all"])
     """which method steps to run after the reward model ("all", or names such as dpo, ppo)"""
+    seeds: list[int] = field(default_factory=list)
+    """training seeds to rerun every wanted DPO-family and RL method on (``--seeds 0,1,2``), reusing the task,
+    SFT and reward model of ``seed``; each method's mean, spread and per-seed win rate go to ``seeds.json``
+    and the report. Empty: one run on ``seed``."""
     precision: str = "auto"
     """auto (bf16 where the hardware runs it natively, else fp32), bf16 autocast, or fp32 for every stage"""
 
     def validate(self) -> None:
         require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
         require(self.eval_samples >= 1, "eval_samples must be >= 1")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds must not repeat")
 
     def scaled(self) -> "DemoConfig":
         """The --quick version: same stages, a fraction of the work."""
@@ -110,6 +115,8 @@ class DemoContext:
     rl_prompts: Path | None = None
     eval_prompts: list[str] = field(default_factory=list)
     report_sections: list[str] = field(default_factory=list)
+    train_seed: int | None = None
+    """seed of the method steps' training runs; None: the run's ``seed`` (see :meth:`for_train_seed`)"""
     _samples: dict = field(default_factory=dict)
     """policy name -> its evaluation samples (drawn once per run)"""
     _models: dict = field(default_factory=dict)
@@ -128,6 +135,29 @@ class DemoContext:
     @property
     def precision(self) -> str:
         return self.config.precision
+
+    @property
+    def method_seed(self) -> int:
+        """The seed every method step trains with: the run's seed unless this is a rerun on another."""
+        return self.seed if self.train_seed is None else self.train_seed
+
+    @property
+    def is_rerun(self) -> bool:
+        return self.train_seed is not None and self.train_seed != self.seed
+
+    def method_dir(self, name: str) -> Path:
+        """Where method ``name`` trains: ``<run>/<name>``, or ``<run>/seeds/<s>/<name>`` on another training seed."""
+        return self.out / "seeds" / str(self.train_seed) / name if self.is_rerun else self.out / name
+
+    def run_name(self, name: str) -> str:
+        """The name a method's evaluation samples are cached under (``ppo``, or ``ppo@seed1`` on a rerun)."""
+        return f"{name}@seed{self.train_seed}" if self.is_rerun else name
+
+    def for_train_seed(self, train_seed: int) -> "DemoContext":
+        """This run's context with the method steps trained on ``train_seed``: same task, data, SFT model,
+        reward model, evaluation prompts and baseline samples; its own report sections."""
+        return replace(self, train_seed=train_seed, report_sections=[], _samples=self._samples,
+                       _models=self._models, _scorer=self._scorer)
 
     def add_report_section(self, markdown: str) -> None:
         self.report_sections.append(markdown)
@@ -160,7 +190,7 @@ class DemoContext:
         from rlhfkit.evaluate.policy import sequence_kl, summarize
         from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
-        samples = self.samples(policy_dir, name)
+        samples = self.samples(policy_dir, self.run_name(name))
         entry = summarize(self.task, samples, baseline=self.samples(self.sft, "sft"), baseline_name="sft")
         flat_prompts, flat_responses = samples.flat()
         tokenizer = load_tokenizer(self.sft)

@@ -11,7 +11,9 @@ Stages, in this order (each cached: a stage whose ``final/`` folder or output fi
    (5 and 6: ``steps/labels_and_reward_model.py``)
 7. every further method, step by step in the order of ``METHOD_STEPS``: the DPO family
    (``steps/preference.py``), PPO / GRPO / RLOO (``steps/rl.py``), RLAIF and CAI (``steps/ai_feedback.py``)
-8. ``summary.json`` (one entry per method, stable keys; ``intervals`` says how win-rate intervals
+8. the baselines' evaluation; 9. with ``seeds``, the DPO family and RL methods retrained on each
+   training seed (``rlhfkit.demo.seeds``, ``seeds.json``)
+10. ``summary.json`` (one entry per method, stable keys; ``intervals`` says how win-rate intervals
    are computed) and ``report.md``
 
 What lives here: that order and ``run_demo``. What does not: the config and the context the steps
@@ -111,6 +113,16 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
         for name, folder in (("pretrained", pretrained), ("sft", sft)):
             methods[name]["proxy_reward"] = ctx.proxy_reward(ctx.samples(folder, name))
     timings["evaluate"] = time.time() - t
+
+    # 9. with --seeds: the DPO family and RL methods retrained on other training seeds
+    seed_results = None
+    if config.seeds:
+        from rlhfkit.demo.seeds import run_seeds, seeds_section
+
+        t = time.time()
+        seed_results = run_seeds(ctx, config.seeds, methods)
+        ctx.add_report_section(seeds_section(seed_results))
+        timings["seeds"] = time.time() - t
     timings["total"] = time.time() - t0
 
     from rlhfkit.evaluate.policy import INTERVALS
@@ -120,6 +132,8 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     if reward_entry is not None:
         summary["methods"]["reward_model"] = reward_entry
+    if seed_results is not None:
+        summary["seeds"] = seed_results
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from rlhfkit.evaluate.report import write_report
 

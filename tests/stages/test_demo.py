@@ -97,6 +97,50 @@ def test_demo_stages_are_cached(quick_demo):
     assert (quick_demo / "sft" / "final" / "model.safetensors").stat().st_mtime == before
 
 
+@pytest.mark.slow
+def test_seeds_retrain_the_methods_on_other_training_seeds(quick_demo):
+    import torch
+    from safetensors.torch import load_file
+
+    from rlhfkit.cli import main
+
+    assert main(["demo", "--quick", "--output-dir", str(quick_demo), "--seeds", "0,1", "methods=[dpo,grpo]"]) == 0
+    result = json.loads((quick_demo / "seeds.json").read_text())
+    summary = json.loads((quick_demo / "summary.json").read_text())
+    assert set(result) == {"dpo", "grpo"} and summary["seeds"] == result
+    for name, r in result.items():
+        assert r["seeds"] == [0, 1]
+        # the run's own seed is the run's own entry; seed 1 trained into seeds/1/<name>
+        assert r["per_seed"]["0"]["win_rate_vs_sft"] == summary["methods"][name]["win_rate_vs_sft"]
+        assert (quick_demo / "seeds" / "1" / name / "final" / "config.json").exists()
+        rates = [r["per_seed"][s]["win_rate_vs_sft"] for s in ("0", "1")]
+        assert r["win_rate_vs_sft_mean"] == pytest.approx(sum(rates) / 2)
+        assert (quick_demo / "eval" / f"{name}@seed1.samples.json").exists()
+    assert not (quick_demo / "seeds" / "0").exists()
+    # another training seed is another run: the weights differ
+    a = load_file(str(quick_demo / "dpo" / "final" / "model.safetensors"))
+    b = load_file(str(quick_demo / "seeds" / "1" / "dpo" / "final" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert "## Across training seeds" in (quick_demo / "report.md").read_text()
+
+
+def test_seed_aggregate_by_hand():
+    from rlhfkit.demo.seeds import aggregate
+
+    entries = {0: {"win_rate_vs_sft": 0.6, "win_rate_vs_sft_ci": [0.52, 0.68]},
+               1: {"win_rate_vs_sft": 0.7, "win_rate_vs_sft_ci": [0.62, 0.78]},
+               2: {"win_rate_vs_sft": 0.8, "win_rate_vs_sft_ci": [0.49, 0.9]}}
+    r = aggregate(entries)
+    # mean (0.6 + 0.7 + 0.8) / 3 = 0.7; sample std sqrt((0.1² + 0 + 0.1²) / 2) = 0.1
+    assert r["win_rate_vs_sft_mean"] == pytest.approx(0.7)
+    assert r["win_rate_vs_sft_std"] == pytest.approx(0.1)
+    assert (r["win_rate_vs_sft_min"], r["win_rate_vs_sft_max"]) == (0.6, 0.8)
+    assert r["all_above_half"] is False  # seed 2's interval starts at 0.49
+    entries[2]["win_rate_vs_sft_ci"] = [0.51, 0.9]
+    assert aggregate(entries)["all_above_half"] is True
+    assert aggregate({3: entries[0]})["win_rate_vs_sft_std"] == 0.0  # one seed: no spread
+
+
 def test_expected_majority_of_the_panel_by_hand():
     from rlhfkit.demo.steps.labels_and_reward_model import majority_prob
 

@@ -52,11 +52,11 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, *, model: Path |
 
     recipe = recipe or RECIPES[name]
     cls = getattr(direct, recipe.config)
-    return cls(model=str(model or ctx.sft), data=str(data or ctx.prefs), output_dir=str(ctx.out / name), max_length=128,
+    return cls(model=str(model or ctx.sft), data=str(data or ctx.prefs), output_dir=str(ctx.method_dir(name)), max_length=128,
                eval_fraction=0.05, batch_size=8 if ctx.quick else BATCH_SIZE,
                max_steps=QUICK_STEPS if ctx.quick else recipe.max_steps,
                optim=OptimConfig(learning_rate=recipe.learning_rate, warmup_ratio=0.1),
-               precision=ctx.precision, log_every=5, save_every=0 if ctx.quick else 50, seed=ctx.seed,
+               precision=ctx.precision, log_every=5, save_every=0 if ctx.quick else 50, seed=ctx.method_seed,
                **recipe.params)
 
 

@@ -71,11 +71,11 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
     names = {f for f in cls.__dataclass_fields__}
     params = {k: v for k, v in params.items() if k in names or k == "learning_rate"}
     lr = params.pop("learning_rate")
-    base = dict(model=str(ctx.sft), prompts=str(ctx.rl_prompts), output_dir=str(ctx.out / name),
+    base = dict(model=str(ctx.sft), prompts=str(ctx.rl_prompts), output_dir=str(ctx.method_dir(name)),
                 reward=RewardSettings(model=str(ctx.reward)),
                 sampling=SamplingConfig(max_new_tokens=ctx.config.max_new_tokens, batch_size=64),
                 max_prompt_length=64, optim=OptimConfig(learning_rate=lr, warmup_ratio=0.0, min_lr_ratio=1.0),
-                save_every=0 if ctx.quick else 20, seed=ctx.seed, progress=not ctx.quick,
+                save_every=0 if ctx.quick else 20, seed=ctx.method_seed, progress=not ctx.quick,
                 precision=ctx.precision)
     return cls(**{**base, **params})
 
@@ -173,7 +173,7 @@ def run(ctx) -> dict[str, dict]:
             entry["train_gold_first_last"] = [curve[0]["gold"], _smooth([r["gold"] for r in curve], 5)[-1]]
             entry["train_proxy_first_last"] = [curve[0]["proxy"], _smooth([r["proxy"] for r in curve], 5)[-1]]
         entries[name] = entry
-    section = curve_section({n: read_curve(ctx.out / n) for n in ("ppo", "ppo_no_kl") if n in entries})
+    section = curve_section({n: read_curve(ctx.method_dir(n)) for n in ("ppo", "ppo_no_kl") if n in entries})
     if section and hasattr(ctx, "add_report_section"):
         ctx.add_report_section(section)
     return entries
