@@ -21,7 +21,8 @@ Every metric block (the model evaluated, each ensemble member, the ensemble's me
   ``label_prob`` or 1; ``temperature`` (the folder's stored T, else null) and ``ece_temperature`` /
   ``reliability_temperature`` of σ(margin / T) (null without a stored T);
 - ``length_correlation``: Pearson of reward against response length (``length_unit``: words or
-  tokens) over every distinct scored response.
+  tokens) over every response of every record, and ``reward_mean`` over the same responses (a
+  response in two records counts twice, as in the ``eval.json`` of ``rlhfkit reward``).
 
 Undefined values (no pair records, no stored temperature) are null. Not here: the arithmetic
 (:mod:`rlhfkit.evaluate.rm_metrics`) and the file readers (:mod:`rlhfkit.evaluate.rm_data`).
@@ -121,6 +122,10 @@ class Responses:
             rejected.append([slot(r.prompt, x) for x in r.rejected])
         return cls(prompts, texts, chosen, rejected)
 
+    def occurrences(self) -> list[int]:
+        """The item of every response of every record, in order (an item in two records appears twice)."""
+        return [i for cs, xs in zip(self.chosen, self.rejected) for i in cs + xs]
+
     def pairs(self) -> list[tuple[int, int, int]]:
         """(record, chosen item, rejected item) of every chosen × rejected pair."""
         return [(k, c, x) for k, (cs, xs) in enumerate(zip(self.chosen, self.rejected)) for c in cs for x in xs]
@@ -148,6 +153,7 @@ def metric_block(records: list[RMRecord], items: Responses, rewards: list[float]
         else:
             credits.append(R.best_of_k_credit(chosen, rejected))
             bok.append(credits[-1])
+    seen = items.occurrences()
     margins, labels = [], []
     for k, c, x in items.pairs():
         margins.append(rewards[c] - rewards[x])
@@ -165,8 +171,8 @@ def metric_block(records: list[RMRecord], items: Responses, rewards: list[float]
         "temperature": temperature,
         "ece_temperature": None,
         "reliability_temperature": None,
-        "length_correlation": pearson([float(n) for n in lengths], rewards),
-        "reward_mean": sum(rewards) / len(rewards),
+        "length_correlation": pearson([float(lengths[i]) for i in seen], [rewards[i] for i in seen]),
+        "reward_mean": sum(rewards[i] for i in seen) / len(seen),
     }
     if temperature is not None:
         scaled = R.pairwise_probs(margins, temperature)

@@ -154,7 +154,11 @@ def test_metric_block_by_hand(tmp_path):
     assert block["ece_temperature"] == pytest.approx(pairwise_ece([sigmoid(m / 2.0) for m in margins], labels))
     assert sum(b["count"] for b in block["reliability"]) == 2 * 5
     assert block["temperature"] == 2.0
-    assert block["reward_mean"] == pytest.approx(7.0 / 7)
+    # every response of every record: a, b | a, c | d, e, f, g (a counts twice)
+    # rewards 1 0 1 1 2 2 2 -1 -> mean 8 / 8 ; lengths 1 2 1 3 4 5 6 7 (mean 29/8)
+    # Σ dx·dy = 1.625 + 0.375 + 1.375 + 2.375 - 2 · 3.375 = -1 ; Σ dx² = 35.875 ; Σ dy² = 8
+    assert block["reward_mean"] == pytest.approx(1.0)
+    assert block["length_correlation"] == pytest.approx(-1 / math.sqrt(35.875 * 8))
 
 
 def test_records_missing_or_empty_fields_name_file_line_and_field(tmp_path):
