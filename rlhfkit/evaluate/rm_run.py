@@ -301,6 +301,10 @@ def run_eval_rm(config: EvalRMConfig, *, resume: bool = False) -> Path:
     return path
 
 
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -310,7 +314,7 @@ def console_table(report: dict) -> str:
     lines = [f"{'reward':<40} {'accuracy':>8} {'best-of-K':>9} {'ECE':>6} {'ECE(T)':>6} {'len-corr':>8}"]
 
     def row(name, b):
-        lines.append(f"{name[-40:]:<40} {_fmt(b.get('accuracy')):>8} {_fmt(b.get('best_of_k_accuracy')):>9} "
+        lines.append(f"{_short(name):<40} {_fmt(b.get('accuracy')):>8} {_fmt(b.get('best_of_k_accuracy')):>9} "
                      f"{_fmt(b.get('ece')):>6} {_fmt(b.get('ece_temperature')):>6} {_fmt(b.get('length_correlation')):>8}")
 
     if report["ensemble"] is None:
@@ -325,7 +329,7 @@ def console_table(report: dict) -> str:
     if report["accuracy_per_subset"]:
         lines.append(f"{'subset':<40} {'n':>8} {'accuracy':>9}")
         for name, v in report["accuracy_per_subset"].items():
-            lines.append(f"{name[-40:]:<40} {v['n']:>8} {_fmt(v['accuracy']):>9}")
+            lines.append(f"{_short(name):<40} {v['n']:>8} {_fmt(v['accuracy']):>9}")
     lines.append(f"{report['records']} records, {report['pairs']} pairs ({report['ties']} tied: counted wrong), "
                  f"{report['best_of_k_records']} best-of-K records")
     return "\n".join(lines)
