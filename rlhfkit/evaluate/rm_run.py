@@ -18,12 +18,20 @@ Every metric block (the model evaluated, each ensemble member, the ensemble's me
 - ``ece`` with its ``reliability`` table (per equal-width bin: low, high, count, confidence,
   accuracy): P(chosen ≻ rejected) = σ(r_chosen − r_rejected) of every chosen × rejected pair, both
   orders counted (:func:`rlhfkit.evaluate.metrics.pairwise_ece`), the label the record's
-  ``label_prob`` or 1; ``temperature`` (the folder's stored T, else null) and ``ece_temperature`` /
+  ``label_prob`` or 1 (``label_prob`` changes calibration only: accuracy always asks whether
+  "chosen" scored higher, as RewardBench does); ``temperature`` (the folder's stored T, else null) and ``ece_temperature`` /
   ``reliability_temperature`` of σ(margin / T) (null without a stored T);
 - ``length_correlation``: Pearson of reward against response length (``length_unit``: words or
   tokens) over every response of every record, and ``reward_mean`` over the same responses (a
   response in two records counts twice, as in the ``eval.json`` of ``rlhfkit reward``).
 
+Top level: the metric block of the reward evaluated (the members' mean when there are several models:
+several folders, or the members of one ensemble folder), ``members`` (each model's block, named by
+its folder) and ``ensemble`` (null for one model; else ``members``, ``lambda``, ``mean_minus_std``:
+accuracy, best-of-K, per-subset and ECE of mean − λ·std, ``reward_std_mean`` and
+``pair_order_disagreement`` over every chosen × rejected pair, see
+:func:`rlhfkit.evaluate.rm_metrics.ensemble_disagreement`). The temperature stored in one ensemble
+folder's ensemble.json belongs to the mean; the mean of separate folders has none.
 Undefined values (no pair records, no stored temperature) are null. Not here: the arithmetic
 (:mod:`rlhfkit.evaluate.rm_metrics`) and the file readers (:mod:`rlhfkit.evaluate.rm_data`).
 """
@@ -229,7 +237,7 @@ def score_folders(config: EvalRMConfig, items: Responses) -> tuple[list[Member],
             raise FileNotFoundError(f"{folder} is not a reward model folder (no config.json or ensemble.json)")
         scorer = load_scorer(path, max_length=config.max_length, batch_size=config.batch_size)
         scorer.models = [m.to(device) for m in scorer.models]
-        tokenizer = tokenizer or scorer.tokenizer
+        tokenizer = scorer.tokenizer if tokenizer is None else tokenizer
         with autocast(config.precision):
             scores = scorer.member_scores(items.prompts, items.texts)  # (K, N)
         dirs = member_dirs(path)

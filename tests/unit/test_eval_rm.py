@@ -191,7 +191,11 @@ def test_records_from_json_csv_and_parquet(tmp_path):
 
     parquet_path = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet_path)
-    for path in (json_path, csv_path, parquet_path):
+    import datasets
+
+    dataset_dir = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(dataset_dir))
+    for path in (json_path, csv_path, parquet_path, dataset_dir):
         records = load_rm_records(path)
         assert [(r.prompt, r.chosen, r.rejected, r.subset) for r in records] == [
             ("p1", ["a"], ["b"], "chat"), ("p2", ["c"], ["d"], "math")], path
@@ -210,3 +214,11 @@ def test_best_of_k_records_and_messages(tmp_path):
     records = load_rm_records(_write_jsonl(tmp_path / "bok.jsonl", rows))
     assert [r.is_pair for r in records] == [False, True, False]
     assert records[2].chosen == [chat] and len(records[2].rejected) == 2
+
+
+def test_public_pair_layouts_are_normalised(tmp_path):
+    """An Anthropic HH row (no prompt; whole transcripts) is split into prompt and completions as the
+    training stages do (rlhfkit.data.layouts)."""
+    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello there", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    (record,) = load_rm_records(_write_jsonl(tmp_path / "hh.jsonl", [row]))
+    assert (record.prompt, record.chosen, record.rejected) == ("\n\nHuman: hi\n\nAssistant:", [" hello there"], [" go away"])
