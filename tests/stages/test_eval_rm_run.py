@@ -190,3 +190,11 @@ def test_eval_rm_ensemble_folder_counts_its_members(reward_folders, tmp_path, on
     assert report["temperature"] == 1.5 and report["ece_temperature"] is not None
     pair = _run(tmp_path, "pair", f"rewards={reward_folders[0]},{reward_folders[1]}", f"data={data}")
     assert report["accuracy"] == pair["accuracy"] and report["ensemble"]["pair_order_disagreement"] == pair["ensemble"]["pair_order_disagreement"]
+
+
+def test_eval_rm_help_lists_its_fields(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval-rm", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("rewards (list", "subset_field", "ensemble_lambda", "length_unit"))
