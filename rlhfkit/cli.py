@@ -45,6 +45,8 @@ OPTIONAL_STAGES: dict[str, Stage] = {
     "rloo": Stage("rlhfkit.train.rl.rloo", "RLOOConfig", "run_rloo", "RLOO: leave-one-out baseline"),
     "judge": Stage("rlhfkit.feedback.judging", "JudgeRunConfig", "run_judge",
                    "AI preference labels (RLAIF): a judge compares candidate responses"),
+    "eval-rm": Stage("rlhfkit.evaluate.rm_run", "EvalRMConfig", "run_eval_rm",
+                     "reward models on a preference set: accuracy (ties wrong), best-of-K, ECE, ensembles"),
     "constitution": Stage("rlhfkit.feedback.constitution.run", "ConstitutionConfig", "run_constitution",
                           "Constitutional AI: critique → revision SFT data, then AI preference labels"),
 }
