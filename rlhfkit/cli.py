@@ -49,6 +49,8 @@ OPTIONAL_STAGES: dict[str, Stage] = {
                      "reward models on a preference set: accuracy (ties wrong), best-of-K, ECE, ensembles"),
     "constitution": Stage("rlhfkit.feedback.constitution.run", "ConstitutionConfig", "run_constitution",
                           "Constitutional AI: critique → revision SFT data, then AI preference labels"),
+    "eval": Stage("rlhfkit.evaluate.policy_eval", "EvalConfig", "run_eval",
+                  "policies against a baseline: win rate by any judge, length-controlled win rate, KL, diversity"),
 }
 
 

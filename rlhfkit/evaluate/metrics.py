@@ -352,3 +352,53 @@ def agreement_rate(labels_a: Sequence[Any], labels_b: Sequence[Any]) -> float:
     if len(labels_a) != len(labels_b):
         raise ValueError(f"{len(labels_a)} labels vs {len(labels_b)}")
     return sum(a == b for a, b in zip(labels_a, labels_b)) / len(labels_a) if labels_a else NAN
+
+
+# ----------------------------------------------------------------------------- policy evaluation (rlhfkit eval)
+def per_prompt_means(values_by_prompt: Sequence[Sequence[float]]) -> list[float]:
+    """Each prompt's mean over its samples: the independent units a bootstrap over prompts resamples.
+    A prompt with no value is an error (it would silently drop out of the mean)."""
+    out = []
+    for i, values in enumerate(values_by_prompt):
+        if not values:
+            raise ValueError(f"prompt {i} has no value")
+        out.append(sum(float(v) for v in values) / len(values))
+    return out
+
+
+def mean_self_bleu_by_prompt(responses_by_prompt: Sequence[Sequence[str]], n: int = 4) -> float:
+    """Mean over prompts of :func:`self_bleu` among one prompt's samples: how alike a policy's answers
+    to the SAME prompt are (pooling across prompts would mostly measure that prompts differ). Prompts
+    with fewer than two non-empty samples are left out; NaN when none is left."""
+    scores = [s for s in (self_bleu(rs, n) for rs in responses_by_prompt) if not math.isnan(s)]
+    return sum(scores) / len(scores) if scores else NAN
+
+
+def mean_token_entropy(entropy_sums: Sequence[float], token_counts: Sequence[int]) -> float:
+    """Mean next-token entropy per sampled token, Σ_samples Σ_t H_t / Σ_samples T (each token weighs
+    the same, so a long sample counts more than a short one). NaN when no token was sampled."""
+    if len(entropy_sums) != len(token_counts):
+        raise ValueError(f"{len(entropy_sums)} entropy sums but {len(token_counts)} token counts")
+    total = sum(token_counts)
+    return sum(float(h) for h in entropy_sums) / total if total else NAN
+
+
+def outcome_of_probability(prob: float) -> float:
+    """A judge's P(policy better) as a win-rate outcome: 1 above ½, 0 below, a tie (½) at exactly ½."""
+    return 1.0 if prob > 0.5 else 0.5 if prob == 0.5 else 0.0
+
+
+def scored_comparisons(scores_a: Sequence[Sequence[float]], scores_b: Sequence[Sequence[float]],
+                       lengths_a: Sequence[Sequence[float]], lengths_b: Sequence[Sequence[float]]
+                       ) -> list[list[tuple[float, float]]]:
+    """Per prompt, (Δlen, outcome) of every (a, b) pair of its samples, as :func:`win_rate_by_prompt`
+    compares them (a-major order): Δlen = len(a) − len(b), outcome 1 / ½ / 0 as a's score is above,
+    equal to or below b's. The per-comparison rows the length-controlled fit needs."""
+    if not len(scores_a) == len(scores_b) == len(lengths_a) == len(lengths_b):
+        raise ValueError("scores and lengths must cover the same prompts")
+    out = []
+    for sa, sb, la, lb in zip(scores_a, scores_b, lengths_a, lengths_b):
+        if len(sa) != len(la) or len(sb) != len(lb):
+            raise ValueError("one length per score")
+        out.append([(float(x) - float(y), _outcome(a, b)) for a, x in zip(sa, la) for b, y in zip(sb, lb)])
+    return out
