@@ -75,8 +75,10 @@ def load_eval_prompts(path: str, *, limit: int | None = None) -> list:
                 messages = record["messages"]
                 try:
                     validate_prompt({"prompt": messages}, path, number)
-                except DataError as err:
-                    raise DataError(path, number, "messages", str(err).split("'prompt': ", 1)[-1]) from None
+                except DataError as err:  # checked as a prompt: name the field the file has
+                    prefix = f"{path}:{number}: field '{err.field}': "
+                    message = str(err)[len(prefix):] if str(err).startswith(prefix) else str(err)
+                    raise DataError(path, number, "messages" + (err.field or "prompt")[len("prompt"):], message) from None
                 while messages and messages[-1]["role"] == "assistant":
                     messages = messages[:-1]
                 if not messages:
