@@ -284,7 +284,7 @@ def policy_metrics(run: PolicyRun, *, task, gold, reward, kl) -> dict:
             per_prompt = M.per_prompt_means(values)
             entry[name], entry[f"{name}_ci"] = _mean(per_prompt), _ci(per_prompt)
     if task is not None:
-        rates = M.sycophancy_rates(task, [p if isinstance(p, str) else "" for p in prompts], responses)
+        rates = M.sycophancy_rates(task, prompts, responses)
         entry.update(sycophancy_rate=rates["sycophancy_rate"], contrarian_rate=rates["contrarian_rate"],
                      n_false_probes=rates["n_false"], n_true_probes=rates["n_true"])
     return entry
@@ -310,6 +310,9 @@ def _run(config: EvalConfig) -> Path:
     # 1. prompts
     prompts = load_eval_prompts(config.prompts, limit=config.max_prompts)
     task = load_task(config.task) if config.task is not None else None
+    if task is not None and not all(isinstance(p, str) for p in prompts):
+        raise DataError(config.prompts, None, "prompt", "the built-in task (task=...) scores text prompts, "
+                        "not chat messages: drop task (and judge.kind=gold) for chat prompts")
     # 2. samples (cached), entropy on the policy's own samples, KL to the reference
     folders = {config.baseline_label: config.baseline, **dict(zip(config.policy_labels(), config.policies))}
     reference = config.reference_folder()
@@ -324,7 +327,7 @@ def _run(config: EvalConfig) -> Path:
                                   batch_size=config.batch_size) if reference else None
         runs[label] = run
     # 3. scores and judging
-    gold = ({label: [[task.gold(p, r) if isinstance(p, str) else M.NAN for r in rs]
+    gold = ({label: [[task.gold(p, r) for r in rs]
                      for p, rs in zip(run.prompts, run.responses)] for label, run in runs.items()}
             if task is not None else None)
     reward = None

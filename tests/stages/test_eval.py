@@ -169,6 +169,10 @@ def test_bad_input_is_a_clear_error(demo_like, tmp_path):
     bad.write_text(json.dumps({"prompt": "User: hi\nAssistant:"}) + "\n" + json.dumps({"promt": "x"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'prompt'"):
         run_eval(config(d, tmp_path / "o", prompts=str(bad)))
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataError, match="chat.jsonl: field 'prompt': the built-in task"):
+        run_eval(config(d, tmp_path / "o", prompts=str(chat)))
     with pytest.raises(ConfigError, match="needs task"):
         run_eval(config(d, tmp_path / "o", task=None))
     with pytest.raises(ConfigError, match="labels must differ"):
