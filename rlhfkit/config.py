@@ -203,17 +203,27 @@ def save_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def describe(cls: type, prefix: str = "") -> str:
-    """Help text: every field with its type, default and docstring (nested dataclasses flattened)."""
+def describe(cls: type, prefix: str = "", instance: Any = None) -> str:
+    """Help text: every field with its type, default and docstring (nested dataclasses flattened).
+
+    A nested config's defaults are those of the instance its field's default factory builds (e.g.
+    ``judge.kind`` is ``gold`` in ``rlhfkit eval`` although ``JudgeConfig``'s own default is ``local``)."""
     docs = field_docs(cls)
     hints = _resolved_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            lines.append(describe(hint, prefix=f"{prefix}{f.name}."))
+            nested = None
+            if instance is not None:
+                nested = getattr(instance, f.name)
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                nested = f.default_factory()  # type: ignore[misc]
+            lines.append(describe(hint, prefix=f"{prefix}{f.name}.", instance=nested))
             continue
-        if f.default is not dataclasses.MISSING:
+        if instance is not None:
+            default = getattr(instance, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]

@@ -67,6 +67,19 @@ def test_help_shows_field_docs():
     assert "inner.rate" in text and "the inner rate" in text and "one of two modes" in text
 
 
+def test_help_shows_the_nested_default_the_owner_builds():
+    # the nested class says 0.5, the owning field's factory builds 0.25: help must show what a run gets
+    @dataclass
+    class Nested:
+        rate: float = 0.5
+
+    @dataclass
+    class Owner:
+        inner: Nested = field(default_factory=lambda: Nested(rate=0.25))
+
+    assert "inner.rate (float, default 0.25)" in describe(Owner)
+
+
 @pytest.mark.parametrize("max_prompt_length", [128, 200, 0])
 def test_max_prompt_length_must_leave_room_for_the_completion(max_prompt_length):
     # truncation keeps max_prompt_length prompt tokens and fills max_length with the completion:
