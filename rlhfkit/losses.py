@@ -455,19 +455,21 @@ def grpo_policy_loss(
     GRPO's constant normaliser ``max_length`` (:func:`rlhfkit.ops.aggregate_token_losses`).
 
     Shapes: logprobs, old_logprobs, mask (B, T); advantages (B,) (e.g.
-    :func:`rlhfkit.ops.group_advantages`); ref_logprobs (B, T) or None → losses (B,).
+    :func:`rlhfkit.ops.group_advantages`) or (B, T) (per-token weighted); ref_logprobs (B, T) or None → losses (B,).
     stats: policy/clipfrac, policy/approxkl, policy/ratio_mean, and kl (mean k3) when
     ref_logprobs is given.
     """
-    if advantages.dim() != 1 or advantages.shape[0] != logprobs.shape[0]:
+    if advantages.dim() == 1 and advantages.shape[0] == logprobs.shape[0]:
+        advantages = advantages[:, None].expand_as(logprobs)
+    elif advantages.shape != logprobs.shape:  # (B, T): per-token weighted, e.g. TIS (offpolicy.tis_advantages)
         raise ValueError(
-            f"grpo_policy_loss: advantages must be per sequence (B,) = ({logprobs.shape[0]},), "
-            f"got {tuple(advantages.shape)}"
+            f"grpo_policy_loss: advantages must be per sequence (B,) = ({logprobs.shape[0]},) or per token "
+            f"{tuple(logprobs.shape)}, got {tuple(advantages.shape)}"
         )
     if kl_coef != 0.0 and ref_logprobs is None:
         raise ValueError("grpo_policy_loss: kl_coef != 0 needs ref_logprobs")
     aggregation = dict(loss_aggregation=loss_aggregation, max_length=max_length)
-    policy = ppo_policy_loss(logprobs, old_logprobs, advantages[:, None].expand_as(logprobs), mask,
+    policy = ppo_policy_loss(logprobs, old_logprobs, advantages, mask,
                              cliprange=cliprange, **aggregation)
     losses, stats = policy.losses, dict(policy.stats)
     if ref_logprobs is not None:

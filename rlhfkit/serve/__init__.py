@@ -6,6 +6,6 @@ OpenAI client can use it; a reward model (or ensemble) answers ``/score``, the p
 uvicorn come with ``pip install 'rlhfkit[app]'``; nothing here imports them until a server is built.
 """
 
-from rlhfkit.serve.testing import running_model_server
+from rlhfkit.serve.testing import restartable_model_server, running_model_server
 
-__all__ = ["running_model_server"]
+__all__ = ["restartable_model_server", "running_model_server"]

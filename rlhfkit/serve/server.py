@@ -4,6 +4,11 @@
     GET  /v1/models              OpenAI's model list
     POST /v1/chat/completions    OpenAI's chat format, with logprobs / top_logprobs
     POST /score                  {"prompts", "responses"} -> {"rewards"} (HTTPRewardSource's protocol)
+    POST /v1/completions         the rollout contract: token-id prompts, n, seed, sampled log-probs and
+                                 token ids (:mod:`rlhfkit.serve.completions`)
+    POST /reload_weights         {"path": folder, "version": k}: load safetensors (full or LoRA adapter)
+    POST /update_weights         the same payload as safetensors bytes in the body (?version=k)
+    GET  /weights_version        {"version": k, "source": ...} (:mod:`rlhfkit.serve.weights`)
 
 One model object is not safe to run from several threads at once, so every request that touches a
 model holds one lock; FastAPI serves the others (health, errors) meanwhile. Errors are OpenAI's
@@ -23,8 +28,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from rlhfkit.serve.completions import completion_response, parse_completion_request, sample
 from rlhfkit.serve.generate import ChatModel, Choice, TokenLogprob
 from rlhfkit.serve.schema import RequestError, parse_chat_request, parse_score_request
+from rlhfkit.serve.weights import WeightState, apply_weights, read_bytes, read_folder
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -118,6 +125,7 @@ def create_app(backends: Backends, *, api_key: str | None = None, max_new_tokens
     app = FastAPI(title="rlhfkit serve", docs_url=None, redoc_url=None)
     lock = threading.Lock()
     chat, scorer = backends.chat, backends.scorer
+    weights = WeightState()
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
@@ -168,6 +176,69 @@ def create_app(backends: Backends, *, api_key: str | None = None, max_new_tokens
                                "model", status=404, code="model_not_found")
         prompt_tokens, choices = await run_in_threadpool(locked, chat.complete, parsed)
         return chat_response(chat.name, prompt_tokens, choices)
+
+    def need_chat() -> ChatModel:
+        if chat is None:
+            raise RequestError("this server has no causal LM (only /score): start it with a causal LM folder",
+                               status=404, code="model_not_found")
+        return chat
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        served = need_chat()
+        parsed = parse_completion_request(await body_of(request), served.tokenizer,
+                                          vocab_size=served.model.get_output_embeddings().weight.shape[0],
+                                          max_tokens_limit=max_new_tokens_limit)
+        if parsed.model is not None and parsed.model != served.name:
+            raise RequestError(f"model {parsed.model!r} is not served here; this server serves {served.name!r}",
+                               "model", status=404, code="model_not_found")
+
+        def run():  # the version is read under the lock that also guards a reload
+            return sample(served.model, served.tokenizer, parsed, context=served.context), weights.version
+
+        samples, version = await run_in_threadpool(locked, run)
+        return completion_response(served.name, served.tokenizer, parsed, samples, weights_version=version)
+
+    def version_of(value, where: str) -> int | None:
+        if value is None:
+            return None
+        try:
+            version = int(value)
+        except (TypeError, ValueError):
+            raise RequestError(f"version must be an integer, got {value!r}", where) from None
+        if isinstance(value, (bool, float)) or version < 0:
+            raise RequestError(f"version must be a non-negative integer, got {value!r}", where)
+        return version
+
+    @app.post("/reload_weights")
+    async def reload_weights(request: Request):
+        served = need_chat()
+        body = await body_of(request)
+        if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+            raise RequestError('send {"path": folder, "version": k}: path (a string) is required', "path")
+        version = version_of(body.get("version"), "version")
+
+        def run():
+            tensors, config = read_folder(body["path"])
+            return apply_weights(served.model, tensors, config, weights, version=version, source=body["path"])
+
+        return {"version": await run_in_threadpool(locked, run), "source": body["path"]}
+
+    @app.post("/update_weights")
+    async def update_weights(request: Request):
+        served = need_chat()
+        version = version_of(request.query_params.get("version"), "version")
+        payload = await request.body()
+
+        def run():
+            tensors, config = read_bytes(payload)
+            return apply_weights(served.model, tensors, config, weights, version=version, source="http")
+
+        return {"version": await run_in_threadpool(locked, run), "source": "http"}
+
+    @app.get("/weights_version")
+    async def weights_version():
+        return {"version": weights.version, "source": weights.source}
 
     @app.post("/score")
     async def score(request: Request):

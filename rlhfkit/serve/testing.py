@@ -29,3 +29,20 @@ def running_model_server(model_dir_or_dirs, *, served_name: str | None = None, a
     app = create_app(backends, api_key=api_key, max_new_tokens_limit=max_new_tokens_limit)
     with serve_on_loopback(app, timeout_s=timeout_s, what="model server") as base_url:
         yield base_url
+
+
+def restartable_model_server(model_dir_or_dirs, **options):
+    """A :class:`~rlhfkit.serve.loopback.LoopbackServer` for ``rlhfkit serve`` on a fixed loopback
+    port, not started yet: ``start()`` loads the folder(s) afresh (weights version 0), ``stop()``
+    takes it down as a crash would. ``options``: those of :func:`running_model_server`."""
+    from rlhfkit.serve.loopback import LoopbackServer
+    from rlhfkit.serve.server import create_app, load_backends
+
+    dirs = [model_dir_or_dirs] if isinstance(model_dir_or_dirs, (str, Path)) else list(model_dir_or_dirs)
+    limit = options.pop("max_new_tokens_limit", 1024)
+    api_key = options.pop("api_key", None)
+
+    def make_app():
+        return create_app(load_backends(dirs, **options), api_key=api_key, max_new_tokens_limit=limit)
+
+    return LoopbackServer(make_app, what="model server")

@@ -333,7 +333,7 @@ def test_grpo_rejects_bad_arguments():
     logp = torch.zeros(2, 3)
     mask = torch.ones(2, 3)
     with pytest.raises(ValueError, match=r"advantages must be per sequence \(B,\)"):
-        grpo_policy_loss(logp, logp, torch.zeros(2, 3), mask, cliprange=0.2)
+        grpo_policy_loss(logp, logp, torch.zeros(2, 4), mask, cliprange=0.2)  # (B, T) is allowed, not (B, T+1)
     with pytest.raises(ValueError, match="kl_coef != 0 needs ref_logprobs"):
         grpo_policy_loss(logp, logp, torch.zeros(2), mask, cliprange=0.2, kl_coef=0.1)
 

@@ -28,6 +28,7 @@ from rlhfkit.config import require
 from rlhfkit.losses import grpo_policy_loss
 from rlhfkit.models.loading import save_model
 from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate
+from rlhfkit.train.rl.offpolicy import tis_advantages
 from rlhfkit.train.rl.policy import Outputs
 from rlhfkit.train.rl.rollout import Experience, collect, objective_metrics
 from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
@@ -145,6 +146,7 @@ def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConf
         advantages = advantages_fn(config, rewards)  # (B,)
         if config.whiten_advantages:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        advantages = tis_advantages(advantages, exp.tis_weights)  # rollout.tis_cap: (B, R), TIS (Yao et al. 2025)
         metrics = objective_metrics(exp, kl, kl_coef=config.kl_coef)
         groups = exp.scores.view(-1, n)
         metrics["objective/group_std"] = float(groups.std(1).mean())

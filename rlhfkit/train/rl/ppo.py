@@ -40,6 +40,7 @@ from rlhfkit.models.loading import save_model
 from rlhfkit.models.reward_model import load_reward_model, member_dirs
 from rlhfkit.ops import (AdaptiveKLController, FixedKLController, RunningMoments, gae, kl_estimate,
                          last_token_index, masked_var, masked_whiten)
+from rlhfkit.train.rl.offpolicy import tis_advantages
 from rlhfkit.train.rl.policy import ActorCritic, Outputs
 from rlhfkit.train.rl.rollout import Experience, collect, objective_metrics
 from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
@@ -219,6 +220,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
         advantages, returns = gae(rewards, exp.values, mask, gamma=config.gamma, lam=config.lam)
         if config.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
+        advantages = tis_advantages(advantages, exp.tis_weights)  # rollout.tis_cap: TIS (Yao et al. 2025)
         metrics = objective_metrics(exp, kl, kl_coef=kl_ctl.value)
         metrics["val/explained_variance"] = explained_variance(exp.values, returns, mask)
 

@@ -16,6 +16,7 @@ import torch
 
 from rlhfkit.rollout.base import Rollout
 from rlhfkit.rollout.hf import decode_responses
+from rlhfkit.train.rl.offpolicy import logprob_gap, tis_weights
 from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.reward_sources import RewardSource
 from rlhfkit.train.rl.run import RLConfig
@@ -42,6 +43,8 @@ class Experience:
     gold: torch.Tensor | None  # (B,)
     stats: dict[str, float]
     timings: dict[str, float]
+    sampler_logprobs: torch.Tensor | None = None  # (B, R) the sampler's own log-probs, beside ``logprobs``
+    tis_weights: torch.Tensor | None = None  # (B, R) min(π_old / π_sampler, rollout.tis_cap), when on
 
     def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model inputs of a subset of rows."""
@@ -94,13 +97,17 @@ def collect(actor: ActorCritic, reference: Reference, generator, tokenizer, rewa
             parts["values"].append(out.values)
     timings["time/reference"] = time.time() - t
     mask = rollout.response_mask.to(device).float()
+    logprobs, sampler = torch.cat(parts["logprobs"]) * mask, rollout.logprobs.to(device) * mask
+    stats.update(logprob_gap(sampler, logprobs, mask))  # sampler vs trainer (other engine, stale weights)
+    stats.update(getattr(generator, "last_stats", {}))  # a server's weights version, waits, sync time
     return Experience(
         prompts=list(prompts), responses=responses, input_ids=ids, attention_mask=attn, completion_mask=comp,
         context_length=P, mask=mask, has_eos=rollout.has_eos.to(device), scores=scores.to(device),
-        logprobs=torch.cat(parts["logprobs"]) * mask, ref_logprobs=torch.cat(parts["ref"]) * mask,
+        logprobs=logprobs, ref_logprobs=torch.cat(parts["ref"]) * mask,
         entropy=torch.cat(parts["entropy"]) * mask,
         values=torch.cat(parts["values"]) * mask if parts["values"] else None,
-        gold=gold, stats=stats, timings=timings,
+        gold=gold, stats=stats, timings=timings, sampler_logprobs=sampler,
+        tis_weights=tis_weights(logprobs, sampler, mask, cap=config.rollout.tis_cap) if config.rollout.tis_cap else None,
     )
 
 

@@ -25,8 +25,9 @@ from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.ops import LOSS_AGGREGATIONS, LossAggregation
-from rlhfkit.rollout.base import SamplingConfig
+from rlhfkit.rollout.base import Generator, SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
+from rlhfkit.rollout.server import RolloutConfig, ServerGenerator
 from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.reward_sources import PythonRewardSource, RewardSettings, RewardSource, build_reward_source
 from rlhfkit.train.run import OptimConfig, Run, RunConfig, infinite_batches, start_run
@@ -95,6 +96,9 @@ class RLConfig(RunConfig):
     """optional 'package.module:function' reward logged as gold/reward, never optimised"""
     save_every: int = 50
     """iterations between checkpoints (0: only at the end)"""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """where rollouts are generated (backend=hf in process, or server: rlhfkit serve / vLLM / SGLang at url),
+    how the server gets the weights after each update (sync, sync_dir) and the TIS correction (tis_cap)"""
 
     @property
     def minibatch_size(self) -> int:
@@ -129,6 +133,7 @@ class RLConfig(RunConfig):
         require(self.cliprange > 0, "cliprange must be > 0")
         require(self.kl_coef >= 0, "kl_coef must be >= 0")
         require(self.max_prompt_length > 0, "max_prompt_length must be positive")
+        self.rollout.validate()
         require(self.loss_aggregation in LOSS_AGGREGATIONS,
                 f"loss_aggregation must be one of {', '.join(LOSS_AGGREGATIONS)}, got {self.loss_aggregation!r}")
 
@@ -168,7 +173,16 @@ class RLSetup:
     reference: Reference
     reward: RewardSource
     gold_fn: Callable | None
-    generator: HFGenerator
+    generator: Generator
+
+
+def build_generator(config: RLConfig, policy, tokenizer, out_dir: Path) -> Generator:
+    """The rollout backend: in-process transformers, or a completions server that gets the policy's
+    weights before every rollout (:class:`rlhfkit.rollout.server.ServerGenerator`)."""
+    if config.rollout.backend == "server":
+        sync_dir = Path(config.rollout.sync_dir) if config.rollout.sync_dir else out_dir / "weight_sync"
+        return ServerGenerator(policy, tokenizer, config.sampling, config.rollout, sync_dir=sync_dir, seed=config.seed)
+    return HFGenerator(policy, tokenizer, config.sampling)
 
 
 def set_up(config: RLConfig, *, reward_fns: Sequence[Callable] = (), gold_fn: Callable | None = None,
@@ -191,7 +205,7 @@ def set_up(config: RLConfig, *, reward_fns: Sequence[Callable] = (), gold_fn: Ca
     reward = build_reward_source(config.reward, extra=reward_fns, device=device)
     if gold_fn is None and config.gold_function:
         gold_fn = PythonRewardSource(config.gold_function).fn
-    generator = HFGenerator(policy, tokenizer, config.sampling)
+    generator = build_generator(config, policy, tokenizer, out_dir)
     return RLSetup(out_dir, device, tokenizer, prompts, prompt_ids, n_cut, policy, actor, reference, reward, gold_fn,
                    generator)
 
