@@ -80,6 +80,10 @@ def cmd_serve(args) -> int:
         print(f"warning: {args.model} has no chat template: /v1/chat/completions will answer 400", file=sys.stderr)
     if backends.chat is not None:
         print(f"  POST {base}/v1/chat/completions   model {backends.chat.name!r}  (OpenAI base_url: {base}/v1)")
+        print(f"  POST {base}/v1/completions        rollouts: token-id prompts, n, seed, log-probs, token ids "
+              f"(rollout.url={base})")
+        print(f"  POST {base}/reload_weights        {{\"path\": folder, \"version\": k}}; POST /update_weights; "
+              f"GET /weights_version")
     if backends.scorer is not None:
         print(f"  POST {base}/score                  reward model {backends.reward_name!r}  (reward.url={base}/score)")
     print("Ctrl-C stops the server.", flush=True)
