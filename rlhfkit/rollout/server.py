@@ -160,6 +160,7 @@ class ServerGenerator:
         self.sync_dir = Path(sync_dir)
         self.stop_ids = stop_token_ids(policy, tokenizer)
         self.client = httpx.Client(timeout=rollout.timeout_s)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request; failures are ours to log
         self.seeds = torch.Generator().manual_seed(seed + 29)
         self.version = 0
         """the version of the last sync the server accepted (the server reports it too)"""
@@ -209,8 +210,12 @@ class ServerGenerator:
     # ------------------------------------------------------------ weights
 
     def sync_weights(self) -> int:
-        """Send the policy's weights as version ``self.version + 1``; returns the new version."""
-        version, kind, t = self.version + 1, self.config.server_kind, time.time()
+        """Send the policy's weights as version ``self.version + 1``; returns the new version. An
+        rlhfkit server that already holds a later version (a resumed run) is continued from it."""
+        kind, t = self.config.server_kind, time.time()
+        if kind == "rlhfkit" and self.version == 0:
+            self.version = max(0, int(self._request("GET", "/weights_version").get("version") or 0))
+        version = self.version + 1
         if kind == "rlhfkit" and self.config.sync == "http":
             answer = self._request("POST", "/update_weights", params={"version": version},
                                    content=payload_bytes(self.policy),

@@ -97,3 +97,35 @@ def test_lora_delta_by_hand():
     assert torch.equal(deltas["layer.q_proj.weight"], T([[4.0, 8.0], [12.0, 24.0]]))
     with pytest.raises(ValueError, match="use_dora"):
         lora_deltas(tensors, {"r": 1, "lora_alpha": 4, "use_dora": True})
+
+
+def test_rollout_config_is_checked_and_read_from_overrides():
+    from rlhfkit.config import ConfigError, from_dict, parse_overrides
+    from rlhfkit.rollout.server import RolloutConfig
+    from rlhfkit.train.rl.ppo import PPOConfig
+
+    with pytest.raises(ConfigError, match="rollout.backend=server needs rollout.url"):
+        RolloutConfig(backend="server").validate()
+    with pytest.raises(ConfigError, match="rollout.sync=http streams weights to rlhfkit serve only"):
+        RolloutConfig(backend="server", url="http://h:1", server_kind="vllm", sync="http").validate()
+    with pytest.raises(ConfigError, match="tis_cap must be >= 0"):
+        RolloutConfig(tis_cap=-1.0).validate()
+    config = from_dict(PPOConfig, parse_overrides(["rollout.backend=server", "rollout.url=http://h:8000",
+                                                   "rollout.server_kind=sglang", "rollout.tis_cap=2"]))
+    assert (config.rollout.backend, config.rollout.server_kind, config.rollout.tis_cap) == ("server", "sglang", 2.0)
+
+
+def test_a_server_that_never_comes_back_stops_the_trainer_with_a_clear_error(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import socket
+
+    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.rollout.base import SamplingConfig
+    from rlhfkit.rollout.server import RolloutConfig, ServerDown, ServerGenerator
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = RolloutConfig(backend="server", url=f"http://127.0.0.1:{port}", max_wait_s=0.3, retry_backoff_s=0.1)
+    gen = ServerGenerator(load_causal_lm(tiny_model_dir), tiny_tokenizer, SamplingConfig(), config, sync_dir=tmp_path)
+    with pytest.raises(ServerDown, match=r"did not come back within rollout.max_wait_s=0.3 s"):
+        gen.generate([[1, 2, 3]])
