@@ -50,6 +50,35 @@ def tiny_tokenizer(tiny_model_dir):
     return load_tokenizer(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """One ``rlhfkit demo --quick`` run folder for the session (1–2 minutes): tests read it, never change it
+    (copy it first, as test_demo_stages_are_cached does)."""
+    from rlhfkit.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    return out
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def chromium_browser():
+    """A headless Debian Chromium driven by Playwright (skips where it is not installed)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models: one intra-op thread is as fast, and far faster when the CPU is shared."""

@@ -11,10 +11,12 @@ Stages, in this order (each cached: a stage whose ``final/`` folder or output fi
    (5 and 6: ``steps/labels_and_reward_model.py``)
 7. every further method, step by step in the order of ``METHOD_STEPS``: the DPO family
    (``steps/preference.py``), PPO / GRPO / RLOO (``steps/rl.py``), RLAIF and CAI (``steps/ai_feedback.py``)
+7b. RLHF's limitations measured on the run (``steps/limitations.py``: over-optimisation, labelling
+   cost, annotator disagreement), into ``summary.json``'s ``limitations``
 8. the baselines' evaluation; 9. with ``seeds``, the DPO family and RL methods retrained on each
    training seed (``rlhfkit.demo.seeds``, ``seeds.json``)
 10. ``summary.json`` (one entry per method, stable keys; ``intervals`` says how win-rate intervals
-   are computed) and ``report.md``
+   are computed), ``report.md`` and ``report.html``
 
 What lives here: that order and ``run_demo``. What does not: the config and the context the steps
 share (``rlhfkit.demo.context``), the methods (``rlhfkit.demo.steps``), any training code.
@@ -30,7 +32,7 @@ from pathlib import Path
 from rlhfkit.config import save_config
 from rlhfkit.data.records import write_jsonl
 from rlhfkit.demo.context import DemoConfig, DemoStageConfig, make_context, stage_done, train_stage
-from rlhfkit.demo.steps import ai_feedback, labels_and_reward_model, preference, rl
+from rlhfkit.demo.steps import ai_feedback, labels_and_reward_model, limitations, preference, rl
 from rlhfkit.models.precision import resolve_precision
 
 __all__ = ["DemoConfig", "METHOD_STEPS", "run_demo"]
@@ -102,6 +104,11 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
                 methods[name] = entry
         timings[step.__name__.rsplit(".", 1)[-1]] = time.time() - t
 
+    # 7b. RLHF's limitations measured on this run (steps/limitations.py; summary.json's "limitations")
+    t = time.time()
+    limits = limitations.run(ctx) if config.wants("limitations") else None
+    timings["limitations"] = time.time() - t
+
     # 8. evaluation of the baselines, summary and report
     t = time.time()
     pre = ctx.samples(pretrained, "pretrained")
@@ -134,12 +141,16 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
         summary["methods"]["reward_model"] = reward_entry
     if seed_results is not None:
         summary["seeds"] = seed_results
+    if limits is not None:
+        summary["limitations"] = limits
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from rlhfkit.evaluate.report import write_report
 
     samples = ctx.sampled(methods)
     report = write_report(out, summary, samples, task, extra_sections=ctx.report_sections)
-    print(f"report: {report}")
+    from rlhfkit.evaluate.html_report import write_html_report
+
+    print(f"report: {report} and {write_html_report(out, summary)}")
     print(f"summary: {out / 'summary.json'}")
     return report
 

@@ -38,15 +38,22 @@ def _interval_caption(intervals: dict | None) -> str:
     return f"Brackets: {intervals['confidence']:.0%} {intervals.get('method')} interval over {intervals.get('unit')}s."
 
 
-def methods_table(methods: dict[str, dict]) -> str:
+def methods_rows(methods: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """The methods table as plain text cells: (header, rows), each row [method label, cell, ...].
+    Shared by the markdown table here and the HTML one (``rlhfkit.evaluate.html_report``)."""
     methods = {k: v for k, v in methods.items() if isinstance(v, dict) and "gold_reward" in v}
     used = [(k, title) for k, title in COLUMNS if any(k in m for m in methods.values())]
-    lines = ["| method | " + " | ".join(title for _, title in used) + " |",
-             "|---|" + "---|" * len(used)]
+    rows = []
     for name, entry in methods.items():
-        cells = [_fmt(entry.get(k), entry.get(f"{k}_ci")) for k, _ in used]
         label = f"{name} ({entry['variant']})" if entry.get("variant") else name  # e.g. "grpo (Dr. GRPO, …)"
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows.append([label] + [_fmt(entry.get(k), entry.get(f"{k}_ci")) for k, _ in used])
+    return ["method"] + [title for _, title in used], rows
+
+
+def methods_table(methods: dict[str, dict]) -> str:
+    header, rows = methods_rows(methods)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -7,15 +7,6 @@ import pytest
 POLICY_KEYS = {"gold_reward", "mean_length", "distinct_2", "sycophancy_rate", "contrarian_rate"}
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    from rlhfkit.cli import main
-
-    out = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
-    return out
-
-
 @pytest.mark.slow
 def test_quick_demo_writes_summary_and_report(quick_demo):
     summary = json.loads((quick_demo / "summary.json").read_text())
@@ -89,12 +80,15 @@ def test_reward_model_entry_is_measured_on_the_heldout_pairs(quick_demo):
 
 
 @pytest.mark.slow
-def test_demo_stages_are_cached(quick_demo):
+def test_demo_stages_are_cached(quick_demo, tmp_path):
+    import shutil
+
     from rlhfkit.cli import main
 
-    before = (quick_demo / "sft" / "final" / "model.safetensors").stat().st_mtime
-    assert main(["demo", "--quick", "--output-dir", str(quick_demo), "methods=[reward]"]) == 0
-    assert (quick_demo / "sft" / "final" / "model.safetensors").stat().st_mtime == before
+    run = shutil.copytree(quick_demo, tmp_path / "run")  # a copy: the session's demo folder stays as made
+    before = (run / "sft" / "final" / "model.safetensors").stat().st_mtime
+    assert main(["demo", "--quick", "--output-dir", str(run), "methods=[reward]"]) == 0
+    assert (run / "sft" / "final" / "model.safetensors").stat().st_mtime == before
 
 
 @pytest.mark.slow
@@ -166,7 +160,8 @@ def test_every_step_module_runs_in_the_pipeline():
 
     from rlhfkit.demo import pipeline, steps
 
-    listed = {step.__name__ for step in pipeline.METHOD_STEPS} | {pipeline.labels_and_reward_model.__name__}
+    listed = {step.__name__ for step in pipeline.METHOD_STEPS} | {pipeline.labels_and_reward_model.__name__,
+                                                                 pipeline.limitations.__name__}
     found = {f"{steps.__name__}.{m.name}" for m in pkgutil.iter_modules(steps.__path__)}
     assert listed == found
     for step in pipeline.METHOD_STEPS:
