@@ -105,6 +105,17 @@ def learning_curve(train_chosen: torch.Tensor, train_rejected: torch.Tensor, eva
     return rows
 
 
+def mean_curve(curves: Sequence[Sequence[dict]]) -> list[dict]:
+    """Point-wise mean accuracy of curves measured at the same label budgets (repeats over seeds)."""
+    if not curves:
+        raise ValueError("mean_curve needs at least one curve")
+    sizes = [r["labels"] for r in curves[0]]
+    if any([r["labels"] for r in c] != sizes for c in curves):
+        raise ValueError("the curves were measured at different label budgets")
+    return [{"labels": n, "accuracy": sum(c[k]["accuracy"] for c in curves) / len(curves)}
+            for k, n in enumerate(sizes)]
+
+
 def labels_to_reach(curve: Sequence[dict], *, fraction: float = 0.95, final: float | None = None) -> int | None:
     """The fewest labels whose accuracy reaches ``fraction`` × ``final`` (default: the curve's last
     accuracy, i.e. the whole pool); None if no point does."""

@@ -92,3 +92,13 @@ def test_active_selection_takes_the_most_uncertain_pairs(monkeypatch):
     L.learning_curve(chosen, rejected, chosen[:1], rejected[:1], [True], [2, 4], strategy="active")
     # the seed batch is pairs 0 and 1; the next two are the smallest |margin|: 0.1 and 0.2
     assert picked[0] == [4.0, 2.0] and picked[1] == pytest.approx([4.0, 2.0, 0.1, 0.2])
+
+
+def test_mean_curve_by_hand():
+    a = [{"labels": 8, "accuracy": 0.5}, {"labels": 16, "accuracy": 0.7}]
+    b = [{"labels": 8, "accuracy": 0.6}, {"labels": 16, "accuracy": 0.6}]
+    # (0.5 + 0.6) / 2 = 0.55, (0.7 + 0.6) / 2 = 0.65
+    assert L.mean_curve([a, b]) == [{"labels": 8, "accuracy": pytest.approx(0.55)},
+                                    {"labels": 16, "accuracy": pytest.approx(0.65)}]
+    with pytest.raises(ValueError, match="budgets"):
+        L.mean_curve([a, a[:1]])

@@ -45,6 +45,10 @@ POOL_MAX = 1024
 one feature pass costs ~3–9 ms per response on the demo's 2 CPU cores, and the curve flattens by ~1,000"""
 HELD_MAX = 500
 """at most this many held-out pairs score the labelling-cost curve (a seeded subset)"""
+REPEATS = 3
+"""labelling-cost curves per strategy (seeds of the random order and of active learning's seed batch), averaged"""
+BATCH = 512
+"""sequences per forward call (generation, scoring, features): the tiny model's CPU cost is mostly per call"""
 
 
 def _cache_fresh(path: Path, ctx: DemoContext) -> bool:
@@ -75,7 +79,7 @@ def run(ctx: DemoContext) -> dict:
         from rlhfkit.models.reward_model import load_scorer
 
         held = load_records(ctx.out / "data" / "prefs_heldout.jsonl", "pairwise").records
-        scorer = load_scorer(ctx.reward)
+        scorer = load_scorer(ctx.reward, batch_size=BATCH)
         prompts = [r["prompt"] for r in held]
         rewards = scorer.score(prompts + prompts, [r["chosen"] for r in held] + [r["rejected"] for r in held]).tolist()
         margins = [c - r for c, r in zip(rewards[: len(held)], rewards[len(held):])]
@@ -138,11 +142,12 @@ def best_of_n(ctx: DemoContext) -> dict:
 
     prompts = ctx.eval_prompts[:BON_PROMPTS]
     m = max(BON_NS)
+    # large batches: on a CPU the tiny model's cost is per forward call far more than per sequence
     responses = generate_texts(load_causal_lm(ctx.sft), load_tokenizer(ctx.sft), prompts, n=m,
-                               max_new_tokens=ctx.config.max_new_tokens, seed=ctx.seed + 17)
+                               max_new_tokens=ctx.config.max_new_tokens, seed=ctx.seed + 17, batch_size=BATCH)
     flat_p = [p for p, rs in zip(prompts, responses) for _ in rs]
     flat_r = [r for rs in responses for r in rs]
-    proxy_flat = load_scorer(ctx.reward).score(flat_p, flat_r).tolist()
+    proxy_flat = load_scorer(ctx.reward, batch_size=BATCH).score(flat_p, flat_r).tolist()
     gold_flat = ctx.task.gold_batch(flat_p, flat_r)
     proxy = [proxy_flat[i * m:(i + 1) * m] for i in range(len(prompts))]
     gold = [gold_flat[i * m:(i + 1) * m] for i in range(len(prompts))]
@@ -191,7 +196,7 @@ def annotators(ctx: DemoContext, held: list[dict], margins: list[float]) -> dict
 
 
 # ----------------------------------------------------------------------------- 2. labelling cost
-def _features(model, tokenizer, prompts: list, responses: list, *, batch_size: int = 64, max_length: int = 128):
+def _features(model, tokenizer, prompts: list, responses: list, *, batch_size: int = 512, max_length: int = 128):
     """(N, H) last-token (EOS) hidden state of the final layer for each (prompt, response)."""
     import torch
 
@@ -214,7 +219,7 @@ def _features(model, tokenizer, prompts: list, responses: list, *, batch_size: i
 
 def labelling_cost(ctx: DemoContext, held: list[dict]) -> dict:
     from rlhfkit.data.records import load_records
-    from rlhfkit.evaluate.labelling_cost import budgets, labels_to_reach, learning_curve
+    from rlhfkit.evaluate.labelling_cost import budgets, labels_to_reach, learning_curve, mean_curve
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
     pool = load_records(ctx.out / "data" / "prefs_pairs.jsonl", "pairwise").records
@@ -235,9 +240,13 @@ def labelling_cost(ctx: DemoContext, held: list[dict]) -> dict:
     eval_a, eval_b = feats[2 * n: 2 * n + h], feats[2 * n + h:]
     gold = [bool(r["gold_prefers_chosen"]) for r in held]
     sizes = budgets(n)
-    curves = {s: learning_curve(chosen, rejected, eval_a, eval_b, gold, sizes, strategy=s, seed=ctx.seed)
+    # one small label set's accuracy is noisy (a lucky seed batch can sit near the final accuracy), so each
+    # strategy's curve is the mean over REPEATS seeds of the random order / the active seed batch
+    curves = {s: mean_curve([learning_curve(chosen, rejected, eval_a, eval_b, gold, sizes, strategy=s,
+                                            seed=1000 * ctx.seed + r) for r in range(REPEATS)])
               for s in ("random", "active")}
     final = curves["random"][-1]["accuracy"]  # the whole pool: the same head for both strategies
-    return {"pool": n, "heldout_pairs": h, "feature": "SFT last-token hidden state (frozen), standardised",
+    return {"pool": n, "heldout_pairs": h, "repeats": REPEATS,
+            "feature": "SFT last-token hidden state (frozen), standardised",
             "head": "linear Bradley-Terry head, L2 1e-2, L-BFGS", "curves": curves, "final_accuracy": final,
             "labels_to_95pct": {s: labels_to_reach(c, final=final) for s, c in curves.items()}}
