@@ -26,7 +26,7 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child, td.text { text-align: left; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 p.missing { color: #888; font-style: italic; }
 """
@@ -49,9 +49,15 @@ def _figure(title: str, png: bytes | None, caption: str, missing: str) -> str:
     return "\n".join(parts)
 
 
+def _numeric(cell: str) -> bool:
+    """A number (maybe with an interval) or the "–" of a missing one: right-aligned."""
+    return cell == "–" or (bool(cell) and (cell[0].isdigit() or (cell[0] == "-" and cell[1:2].isdigit())))
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "\n".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "\n".join("<tr>" + "".join(f"<td>{escape(c)}</td>" if _numeric(c) else f'<td class="text">{escape(c)}</td>'
+                                       for c in row) + "</tr>" for row in rows)
     return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
 
 
@@ -92,7 +98,7 @@ def _labelling_cost(lim: dict, summary: dict) -> str:
                f"sets of the panel's labelled pairs (pool of {lc.get('pool')}): random order vs the labelling app's "
                f"uncertainty sampling. Labels to reach 95% of the whole pool's accuracy "
                f"({_num(lc.get('final_accuracy'))}): random {reach.get('random', '–')}, active {reach.get('active', '–')}. "
-               "The dashed line is the full reward model's accuracy vs gold.")
+               f"Each curve is the mean over {lc.get('repeats', 1)} seeds. The dashed line is the full reward model's accuracy vs gold.")
     return _figure("Labelling cost", png, caption, "The labelling-cost curve was not measured in this run.")
 
 

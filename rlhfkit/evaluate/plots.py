@@ -182,7 +182,8 @@ def diversity_length_vs_kl(points: dict[str, dict[str, float]]) -> bytes | None:
             if _finite(p.get(key)):
                 ax.scatter([p["kl"]], [p[key]], color=color, s=25)
                 ax.annotate(name, (p["kl"], p[key]), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        ax.set_xlabel("KL to SFT (nats / response)")
+        ax.set_xscale("symlog", linthresh=1.0)  # linear below KL 1, log above: one runaway method cannot squash the rest
+        ax.set_xlabel("KL to SFT (nats / response, symlog)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     return _png(fig)

@@ -38,3 +38,4 @@ def test_limitations_figures_and_tables():
     assert html.count("<img ") == 3 + 4
     assert "NOT the full reward model" in html and "a &lt;b&gt; fan" in html
     assert "<td>0.250</td><td>0.300</td><td>0.189</td><td>1.000</td>" in html  # α, β, KL peak, largest KL = 1²
+    assert '<td class="text">a &lt;b&gt; fan</td><td>0.750</td>' in html  # text left-aligned, numbers right
