@@ -92,30 +92,33 @@ def test_demo_stages_are_cached(quick_demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_seeds_retrain_the_methods_on_other_training_seeds(quick_demo):
+def test_seeds_retrain_the_methods_on_other_training_seeds(quick_demo, tmp_path):
+    import shutil
+
     import torch
     from safetensors.torch import load_file
 
     from rlhfkit.cli import main
 
-    assert main(["demo", "--quick", "--output-dir", str(quick_demo), "--seeds", "0,1", "methods=[dpo,grpo]"]) == 0
-    result = json.loads((quick_demo / "seeds.json").read_text())
-    summary = json.loads((quick_demo / "summary.json").read_text())
+    run = shutil.copytree(quick_demo, tmp_path / "run")  # a copy: the session's demo folder stays as made
+    assert main(["demo", "--quick", "--output-dir", str(run), "--seeds", "0,1", "methods=[dpo,grpo]"]) == 0
+    result = json.loads((run / "seeds.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
     assert set(result) == {"dpo", "grpo"} and summary["seeds"] == result
     for name, r in result.items():
         assert r["seeds"] == [0, 1]
         # the run's own seed is the run's own entry; seed 1 trained into seeds/1/<name>
         assert r["per_seed"]["0"]["win_rate_vs_sft"] == summary["methods"][name]["win_rate_vs_sft"]
-        assert (quick_demo / "seeds" / "1" / name / "final" / "config.json").exists()
+        assert (run / "seeds" / "1" / name / "final" / "config.json").exists()
         rates = [r["per_seed"][s]["win_rate_vs_sft"] for s in ("0", "1")]
         assert r["win_rate_vs_sft_mean"] == pytest.approx(sum(rates) / 2)
-        assert (quick_demo / "eval" / f"{name}@seed1.samples.json").exists()
-    assert not (quick_demo / "seeds" / "0").exists()
+        assert (run / "eval" / f"{name}@seed1.samples.json").exists()
+    assert not (run / "seeds" / "0").exists()
     # another training seed is another run: the weights differ
-    a = load_file(str(quick_demo / "dpo" / "final" / "model.safetensors"))
-    b = load_file(str(quick_demo / "seeds" / "1" / "dpo" / "final" / "model.safetensors"))
+    a = load_file(str(run / "dpo" / "final" / "model.safetensors"))
+    b = load_file(str(run / "seeds" / "1" / "dpo" / "final" / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)
-    assert "## Across training seeds" in (quick_demo / "report.md").read_text()
+    assert "## Across training seeds" in (run / "report.md").read_text()
 
 
 def test_seed_aggregate_by_hand():
