@@ -62,3 +62,15 @@ def test_every_image_loads_in_chromium(quick_demo, chromium_browser):
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
     assert len(widths) == 7 and all(w > 0 for w in widths), widths
     assert remote == []
+
+
+@pytest.mark.slow
+def test_limitations_are_cached_in_the_run_folder(quick_demo):
+    from rlhfkit.demo.context import make_context
+    from rlhfkit.demo.steps import limitations
+
+    cached = quick_demo / "limitations" / "limitations.json"
+    before = cached.stat().st_mtime_ns
+    again = limitations.run(make_context(quick_demo))  # nothing it reads changed: the file is reused, not rewritten
+    assert cached.stat().st_mtime_ns == before
+    assert again == json.loads((quick_demo / "summary.json").read_text())["limitations"]
