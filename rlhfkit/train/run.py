@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -87,6 +88,9 @@ class RunConfig:
     """optimiser steps between checkpoints (0: only at the end)"""
     keep_checkpoints: int = 2
     """how many of the newest checkpoints to keep"""
+    gradient_checkpointing: bool = False
+    """recompute each decoder layer's activations in the backward pass instead of keeping them: activation
+    memory falls from O(layers) to O(1) layers for about a third more compute (Chen et al. 2016)"""
 
 
 # ---------------------------------------------------------------- set-up
@@ -105,9 +109,49 @@ def start_run(config: RunConfig) -> Path:
     config.precision = resolve_precision(config.precision, announce=True)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
+    if process_index() == 0:  # with several processes (accelerate launch, torchrun) the main one writes
+        save_config(config, out_dir / "config.yaml")
     set_seed(config.seed)
     return out_dir
+
+
+def process_index() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return partial_state().process_index
+
+
+def partial_state():
+    """accelerate's process-wide distributed state. Under ``torchrun`` on a machine without an
+    accelerator, accelerate only sets up its gloo process group when told to run on CPU
+    (``accelerate launch --cpu`` tells it through ACCELERATE_USE_CPU); this tells it the same."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_only())
+
+
+def _cpu_only() -> bool:
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    probe = getattr(torch, "accelerator", None)
+    has_device = probe.is_available() if probe is not None else torch.cuda.is_available()
+    return process_count() > 1 and not has_device
+
+
+def process_count() -> int:
+    """How many data-parallel processes train together (1 when alone)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def enable_gradient_checkpointing(model, enabled: bool) -> None:
+    """Gradient checkpointing of a Hugging Face model (LoRA-wrapped or not) when ``enabled``; the
+    non-reentrant variant, which works with frozen embeddings (LoRA) and with DDP / FSDP."""
+    if not enabled:
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
 
 
 def autocast(precision: str):
@@ -131,6 +175,8 @@ def make_accelerator(precision: str):
     mixed = "bf16" if resolve_precision(precision) == "bf16" else "no"
     if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
+    if process_count() > 1:  # several processes: the gloo group on a machine without GPUs
+        return Accelerator(mixed_precision=mixed, cpu=_cpu_only())
     return Accelerator(mixed_precision=mixed)
 
 
@@ -209,14 +255,19 @@ def optimizer_and_schedule(params, optim, *, total_steps: int, extra_groups: tup
 
 
 class MetricsLogger:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` (and to TensorBoard if asked)."""
+    """Appends one JSON object per logged step to ``metrics.jsonl`` (and to TensorBoard if asked).
+    With several processes only the main one writes (the others' loggers do nothing): the loops
+    log metrics already reduced over ranks."""
 
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, resume: bool = False):
         self.path = Path(out_dir) / "metrics.jsonl"
+        self.writer = None
+        self.active = process_index() == 0
+        if not self.active:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
-        self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -227,7 +278,7 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume, forget lines logged after the checkpoint (they will be logged again)."""
-        if not self.path.exists():
+        if not self.active or not self.path.exists():
             return
         kept = []
         for line in self.path.read_text().splitlines():
@@ -237,6 +288,8 @@ class MetricsLogger:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int | str, metrics: dict[str, Any]) -> None:
+        if not self.active:
+            return
         row = {"step": step}
         for key, value in metrics.items():
             if isinstance(value, torch.Tensor):
@@ -313,19 +366,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(out_dir: str | Path, *, state: LoopState, modules: dict[str, Any],
                     keep: int = 2) -> Path:
     """``out_dir/checkpoints/step-N``: each module's ``state_dict`` (models, optimizers, schedulers,
-    controllers) plus RNG and loop state; only the newest ``keep`` checkpoints stay on disk."""
+    controllers) plus RNG and loop state; only the newest ``keep`` checkpoints stay on disk.
+
+    With several processes every rank calls it: each rank's RNG state is gathered (``rng_per_rank``;
+    a rank samples its own dropout masks and responses) and the main process writes the one file
+    (data-parallel replicas hold the same weights and optimizer state)."""
     root = Path(out_dir) / "checkpoints"
     path = root / f"step-{state.step:07d}"
+    rngs = None
+    if process_count() > 1:
+        from accelerate.utils import gather_object
+
+        rngs = gather_object([rng_state()])
+        if process_index() != 0:
+            _wait_for_everyone()
+            return path
     tmp = root / f".tmp-step-{state.step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     payload = {name: module.state_dict() for name, module in modules.items()}
-    torch.save({"modules": payload, "rng": rng_state(), "state": state.__dict__}, tmp / "state.pt")
+    blob = {"modules": payload, "rng": rng_state(), "state": state.__dict__}
+    if rngs is not None:
+        blob["rng_per_rank"] = rngs
+    torch.save(blob, tmp / "state.pt")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a crash mid-save leaves the previous checkpoint intact
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    if rngs is not None:
+        _wait_for_everyone()
     return path
+
+
+def _wait_for_everyone() -> None:
+    partial_state().wait_for_everyone()
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -339,7 +413,11 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, Any]) -> LoopState:
         if name not in blob["modules"]:
             raise ValueError(f"checkpoint {path} has no state for '{name}'")
         module.load_state_dict(blob["modules"][name])
-    set_rng_state(blob["rng"])
+    per_rank = blob.get("rng_per_rank")
+    if process_count() > 1 and (per_rank is None or len(per_rank) != process_count()):
+        raise ValueError(f"checkpoint {path} was written by {len(per_rank or [None])} process(es); "
+                         f"resume it with the same number ({process_count()} are running)")
+    set_rng_state(per_rank[process_index()] if process_count() > 1 else blob["rng"])
     return LoopState(**blob["state"])
 
 
@@ -371,7 +449,8 @@ class Run:
             self.logger.truncate_after(self.state.step)
         elif first_metrics:
             self.logger.log(0, first_metrics)
-        self.progress = Progress(total_steps, name, start=self.state.step, enabled=config.progress)
+        self.progress = Progress(total_steps, name, start=self.state.step,
+                                 enabled=config.progress and process_index() == 0)
 
     @property
     def done(self) -> bool:
