@@ -379,7 +379,7 @@ def save_checkpoint(out_dir: str | Path, *, state: LoopState, modules: dict[str,
 
         rngs = gather_object([rng_state()])
         if process_index() != 0:
-            _wait_for_everyone()
+            wait_for_everyone()
             return path
     tmp = root / f".tmp-step-{state.step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -394,12 +394,14 @@ def save_checkpoint(out_dir: str | Path, *, state: LoopState, modules: dict[str,
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     if rngs is not None:
-        _wait_for_everyone()
+        wait_for_everyone()
     return path
 
 
-def _wait_for_everyone() -> None:
-    partial_state().wait_for_everyone()
+def wait_for_everyone() -> None:
+    """A barrier across the processes of a multi-process run; nothing when alone."""
+    if process_count() > 1:
+        partial_state().wait_for_everyone()
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

@@ -29,7 +29,9 @@ from rlhfkit.rollout.base import SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.reward_sources import PythonRewardSource, RewardSettings, RewardSource, build_reward_source
-from rlhfkit.train.run import OptimConfig, Run, RunConfig, infinite_batches, start_run
+from rlhfkit.train.distributed import shard
+from rlhfkit.train.run import (OptimConfig, Run, RunConfig, infinite_batches, partial_state, process_count, process_index,
+                               start_run)
 
 
 @dataclass
@@ -95,6 +97,10 @@ class RLConfig(RunConfig):
     """optional 'package.module:function' reward logged as gold/reward, never optimised"""
     save_every: int = 50
     """iterations between checkpoints (0: only at the end)"""
+    rollout_seed_per_chunk: bool = False
+    """seed each generation chunk (``sampling.batch_size`` prompts) from (seed, iteration, its first row in the
+    global batch), so the samples do not depend on the number of processes; always on with several
+    processes (each rank then samples its own noise), off by default in one process (one RNG stream)"""
 
     @property
     def minibatch_size(self) -> int:
@@ -180,7 +186,10 @@ def set_up(config: RLConfig, *, reward_fns: Sequence[Callable] = (), gold_fn: Ca
     function (``gold_fn`` or ``config.gold_function``) and the generator."""
     config.validate(extra_rewards=len(reward_fns))
     out_dir = start_run(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if process_count() > 1:  # each rank on its own device (accelerate's choice: cuda:LOCAL_RANK, or the CPU)
+        device = partial_state().device
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     tokenizer = load_tokenizer(config.model)
     prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
@@ -210,7 +219,10 @@ class RLRun(Run):
         super().__init__(config.output_dir, name, modules, config=config, total_steps=config.total_steps,
                          resume=resume, first_metrics={"data/prompts": len(setup.prompts),
                                                        "data/prompts_truncated": setup.prompts_truncated})
-        self.stream = infinite_batches([1] * len(setup.prompts), batch_size=prompts_per_step, seed=config.seed,
+        # every rank draws the same global batch of prompts (prompts_per_step per rank) and takes its share
+        self.rank, self.world = process_index(), process_count()
+        self.stream = infinite_batches([1] * len(setup.prompts), batch_size=prompts_per_step * self.world,
+                                       seed=config.seed,
                                        start_epoch=self.state.epoch, start_batch=self.state.batch_in_epoch,
                                        group_by_length=False)
         self.extra: dict = dict(self.state.extra or {})
@@ -220,10 +232,11 @@ class RLRun(Run):
             self.shuffle.set_state(self.extra["shuffle"])
 
     def next_prompts(self, prompts: list, prompt_ids: list[list[int]], repeat: int = 1) -> tuple[list, list]:
-        """The next prompts of the stream, each repeated ``repeat`` times (group-contiguous)."""
+        """This rank's prompts of the stream's next global batch, each repeated ``repeat`` times
+        (group-contiguous: a GRPO / RLOO group stays on one rank)."""
         epoch, batch_index, idx = next(self.stream)
         self.state.epoch, self.state.batch_in_epoch = epoch, batch_index + 1
-        idx = [i for i in idx for _ in range(repeat)]
+        idx = [i for i in shard(idx, self.rank, self.world) for _ in range(repeat)]
         return [prompts[i] for i in idx], [prompt_ids[i] for i in idx]
 
     def end_step(self, metrics: dict[str, float], show: Sequence[str]) -> None:
