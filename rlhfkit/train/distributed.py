@@ -36,6 +36,18 @@ def is_distributed(accelerator) -> bool:
     return accelerator is not None and accelerator.num_processes > 1
 
 
+def is_sharded(accelerator) -> bool:
+    """Parameters sharded over ranks (FSDP, DeepSpeed ZeRO-3): no rank holds the whole model."""
+    from accelerate.utils import DistributedType
+
+    if accelerator is None:
+        return False
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
 class Forward(torch.nn.Module):
     """A model behind one ``forward(fn, *args)`` that returns ``fn(model, *args)``.
 
@@ -46,6 +58,8 @@ class Forward(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        # FSDP's auto-wrap reads the decoder layer class here (transformers' _no_split_modules)
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
 
     def forward(self, fn: Callable, *args, **kwargs):
         return fn(self.model, *args, **kwargs)
@@ -137,7 +151,13 @@ def save_final(accelerator, model, tokenizer, out_dir, *, save_adapter_only: boo
     plain = unwrap(accelerator, model)
     if not is_distributed(accelerator):
         return save_model(plain, tokenizer, out_dir, save_adapter_only=save_adapter_only)
-    if accelerator.is_main_process:
+    if is_sharded(accelerator):  # FSDP: every rank takes part in gathering the full weights
+        state = inner_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            plain.save_pretrained(str(out_dir), state_dict=state)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(out_dir))
+    elif accelerator.is_main_process:
         save_model(plain, tokenizer, out_dir, save_adapter_only=save_adapter_only)
     accelerator.wait_for_everyone()
     return Path(out_dir)

@@ -436,8 +436,13 @@ class Run:
     """
 
     def __init__(self, out_dir: str | Path, name: str, modules: dict[str, Any], *, config: RunConfig,
-                 total_steps: int, resume: bool, first_metrics: dict[str, Any] | None = None):
+                 total_steps: int, resume: bool, first_metrics: dict[str, Any] | None = None,
+                 checkpoints: bool = True):
         self.out_dir, self.modules, self.total_steps = Path(out_dir), modules, total_steps
+        self.checkpoints = checkpoints
+        """False for sharded models (FSDP, ZeRO-3): no rank holds whole weights and optimizer state to save"""
+        if not checkpoints and process_index() == 0:
+            print("parameters are sharded (FSDP / ZeRO-3): no periodic checkpoints, so no --resume; final/ is saved")
         self.save_every, self.keep_checkpoints = config.save_every, config.keep_checkpoints
         self.state = LoopState()
         checkpoint = latest_checkpoint(self.out_dir) if resume else None
@@ -460,6 +465,8 @@ class Run:
 
     def checkpoint_if_due(self) -> None:
         """Save a checkpoint every ``save_every`` steps and after the last one."""
+        if not self.checkpoints:
+            return
         if (self.save_every and self.state.step % self.save_every == 0) or self.done:
             save_checkpoint(self.out_dir, state=self.state, modules=self.modules, keep=self.keep_checkpoints)
 

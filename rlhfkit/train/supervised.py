@@ -106,7 +106,7 @@ def train_loop(config: SupervisedConfig, accelerator, model, optimizer, schedule
     total_steps = config.total_steps(len(lengths), processes=world)
     modules = {"model": distributed.unwrap(accelerator, model), "optimizer": optimizer, "scheduler": scheduler}
     run = Run(out_dir, name, modules, config=config, total_steps=total_steps, resume=resume,
-              first_metrics=first_metrics)
+              first_metrics=first_metrics, checkpoints=not distributed.is_sharded(accelerator))
     state = run.state
     # every rank draws the same GLOBAL batches (world × batch_size examples) and trains on its shard
     stream = infinite_batches(lengths, batch_size=config.batch_size * world,
