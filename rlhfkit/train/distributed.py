@@ -136,7 +136,10 @@ def main_process(accelerator) -> bool:
 
 
 def reduce_stats(accelerator, stats: dict[str, Any]) -> dict[str, Any]:
-    """Numeric entries of ``stats`` averaged over ranks (see :func:`global_means`); others kept."""
+    """Numeric entries of ``stats`` averaged over ranks (see :func:`global_means`); others kept.
+    One process: ``stats`` itself."""
+    if not is_distributed(accelerator):
+        return stats
     numeric = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {**stats, **global_means(accelerator, numeric)}
 
@@ -161,3 +164,30 @@ def save_final(accelerator, model, tokenizer, out_dir, *, save_adapter_only: boo
         save_model(plain, tokenizer, out_dir, save_adapter_only=save_adapter_only)
     accelerator.wait_for_everyone()
     return Path(out_dir)
+
+
+def global_masked_whiten(x: torch.Tensor, mask: torch.Tensor, accelerator, *, shift_mean: bool = True) -> torch.Tensor:
+    """:func:`rlhfkit.ops.masked_whiten` over the unmasked entries of ALL ranks: the mean from the
+    all-reduced n and Σ mask·x, then the unbiased variance from the all-reduced Σ mask·(x − mean)²
+    (the same two passes as ``masked_var``). One process: ``masked_whiten`` itself."""
+    from rlhfkit.ops import masked_whiten
+
+    if not is_distributed(accelerator):
+        return masked_whiten(x, mask, shift_mean=shift_mean)
+    m = mask.to(x.dtype)
+    n, s = global_sums(accelerator, [float(m.sum()), float((x * m).sum())])
+    if n < 2:
+        raise ValueError(f"whitening over all ranks needs at least 2 unmasked entries, got {int(n)}")
+    mean = s / n
+    var = global_sums(accelerator, [float((((x - mean) ** 2) * m).sum())])[0] / n * n / (n - 1)
+    whitened = (x - mean) * (var + 1e-8) ** -0.5
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
+
+
+def gather_rows(accelerator, x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated in rank order (the global batch's order); one process: ``x``."""
+    if not is_distributed(accelerator):
+        return x
+    return accelerator.gather(x.contiguous())

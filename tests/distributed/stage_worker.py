@@ -1,7 +1,7 @@
 """One process of a multi-process run, launched by tests/distributed/test_*.py through
 ``torchrun --nproc_per_node 2 tests/distributed/stage_worker.py spec.json``.
 
-spec.json: {"runs": [{"stage": "sft" | "dpo" | "reward" | "grpo", "config": {...}, "resume": bool,
+spec.json: {"runs": [{"stage": "sft" | "dpo" | "reward" | "grpo" | "ppo", "config": {...}, "resume": bool,
 "stop_at": step or null}, ...]}. The runs go one after another in the same processes (one launch
 pays the interpreter and torch start-up once). ``stop_at`` stops a run right after it saved that
 step's checkpoint, as a crash would (the same way as the ``stopped_at_checkpoint`` fixture), and the
@@ -38,11 +38,14 @@ def run_one(spec: dict) -> None:
         from rlhfkit.train.direct.dpo import DPOConfig as cls, run_dpo as run
     elif stage == "reward":
         from rlhfkit.train.reward_model import RewardConfig as cls, run_reward as run
-    elif stage == "grpo":
-        from rlhfkit.train.rl.grpo import GRPOConfig as cls, run_grpo
+    elif stage in ("grpo", "ppo"):
+        from rlhfkit.train.rl.grpo import GRPOConfig, run_grpo
+        from rlhfkit.train.rl.ppo import PPOConfig, run_ppo
+
+        cls, method = (GRPOConfig, run_grpo) if stage == "grpo" else (PPOConfig, run_ppo)
 
         def run(config, resume):
-            return run_grpo(config, resume=resume, reward_fns=[letters])
+            return method(config, resume=resume, reward_fns=[letters])
     else:
         raise ValueError(f"unknown stage {stage}")
     config = from_dict(cls, spec["config"])

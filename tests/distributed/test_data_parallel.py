@@ -56,6 +56,9 @@ def configs(model: str, files: dict[str, str], root: Path, *, processes: int) ->
     common = dict(model=model, log_every=1, progress=False, precision="fp32", seed=3)
     optim = {"learning_rate": 3e-3, "warmup_ratio": 0.0}
     b = 8 // processes
+    rl = dict({k: v for k, v in common.items() if k != "log_every"}, prompts=files["prompts"], save_every=0,
+              sampling={"max_new_tokens": 8, "batch_size": 4}, rollout_seed_per_chunk=True,
+              optim={"learning_rate": 3e-3, "warmup_ratio": 0.0, "min_lr_ratio": 1.0})
     return {
         # 2 micro-batches per step: no_sync on the first, the token weighting across both
         "sft": dict(common, data=files["sft"], output_dir=str(root / "sft"), batch_size=b // 2,
@@ -67,10 +70,20 @@ def configs(model: str, files: dict[str, str], root: Path, *, processes: int) ->
                        max_steps=3, save_every=0, eval_fraction=0.0, ties="soft", optim=optim),
         # one rollout batch of 8 responses (2 prompts × 4) per step; each rank generates its own prompts'
         # groups in one chunk, so the 1-process run generates the same two chunks with the same seeds
-        "grpo": dict({k: v for k, v in common.items() if k != "log_every"}, prompts=files["prompts"], output_dir=str(root / "grpo"), batch_size=b,
-                     num_generations=4, total_steps=3, save_every=0, whiten_advantages=True,
-                     sampling={"max_new_tokens": 8, "batch_size": 4}, rollout_seed_per_chunk=True,
-                     optim={"learning_rate": 1e-2, "warmup_ratio": 0.0, "min_lr_ratio": 1.0}),
+        "grpo": dict(rl, output_dir=str(root / "grpo"), batch_size=b, num_generations=4, total_steps=3,
+                     whiten_advantages=True),
+        # PPO with a value head, 2 epochs over the batch, whitened rewards and advantages: every statistic
+        # over both ranks' rows
+        # (learning rates: a few embedding rows get float-noise-sized gradients, which Adam scales up to a
+        # fraction of lr per step; at lr 1e-2 the two PPO runs end 2.7e-5 apart on one of them, at 3e-3 8e-6)
+        "ppo": dict(rl, output_dir=str(root / "ppo"), batch_size=b, value_model="head", total_steps=3,
+                    num_ppo_epochs=2, whiten_rewards=True,
+                    optim={"learning_rate": 1e-3, "warmup_ratio": 0.0, "min_lr_ratio": 1.0}),
+        # running score statistics over both ranks. One iteration only: normalised scores sum to 0 on the
+        # first batch, so the value head's bias gradient is float noise there, which Adam scales up to
+        # ~lr (1e-3 apart after one step), and the next samples may differ
+        "ppo_moments": dict(rl, output_dir=str(root / "ppo_moments"), batch_size=b, value_model="head",
+                            total_steps=1, normalize_scores=True),
     }
 
 
@@ -89,7 +102,7 @@ def two_process_runs(tiny_model_dir, tmp_path_factory):
     files = data_files(root)
     two = configs(str(tiny_model_dir), files, root / "two", processes=2)
     stopped = dict(two["sft"], output_dir=str(root / "two" / "sft_resumed"))
-    runs = [{"stage": s, "config": c} for s, c in two.items()]
+    runs = [{"stage": s.split("_")[0], "config": c} for s, c in two.items()]
     torchrun({"runs": runs + [{"stage": "sft", "config": stopped, "stop_at": 2}]}, root / "first.json")
     assert not (Path(stopped["output_dir"]) / "final").exists()  # it did stop
     torchrun({"runs": [{"stage": "sft", "config": stopped, "resume": True}]}, root / "resume.json")
@@ -117,7 +130,7 @@ def one_process(stage: str, config: dict) -> Path:
     return Path(config["output_dir"]) / "final"
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo", "reward", "grpo"])
+@pytest.mark.parametrize("stage", ["sft", "dpo", "reward", "grpo", "ppo"])
 def test_two_processes_equal_one_process_on_the_global_batch(stage, two_process_runs, tiny_model_dir,
                                                              one_torch_thread):
     root = two_process_runs["root"]
@@ -150,3 +163,17 @@ def test_two_processes_stopped_and_resumed_equal_uninterrupted(two_process_runs)
         return [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
     assert steps(resumed) == steps(uninterrupted)  # no step logged twice, none missing
+
+
+def test_running_score_statistics_cover_every_rank(two_process_runs, tiny_model_dir, one_torch_thread):
+    one = configs(str(tiny_model_dir), two_process_runs["files"], two_process_runs["root"] / "one",
+                  processes=1)["ppo_moments"]
+    one_process("ppo", one)
+
+    def moments(config):
+        path = Path(config["output_dir"]) / "checkpoints" / "step-0000001" / "state.pt"
+        return torch.load(path, weights_only=False)["modules"]["score_moments"]
+
+    a, b = moments(one), moments(two_process_runs["two"]["ppo_moments"])
+    assert a["count"] == b["count"] == 8  # both ranks' 4 scores, not one rank's
+    assert b["mean"] == pytest.approx(a["mean"], abs=1e-6) and b["var"] == pytest.approx(a["var"], abs=1e-6)
