@@ -25,6 +25,7 @@ WORKER = Path(__file__).with_name("stage_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["dax", "wug", "zorp", "fep", "blick", "toma"]
 TOLERANCE = 1e-5
+RESUMED = ("sft", "dpo", "grpo")
 
 
 def write(path: Path, rows: list[dict]) -> str:
@@ -97,16 +98,22 @@ def torchrun(spec: dict, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def two_process_runs(tiny_model_dir, tmp_path_factory):
-    """The 2-process runs of every stage, plus an SFT run stopped after its step-2 checkpoint and resumed."""
+    """The 2-process runs of every stage, plus SFT, DPO and GRPO runs stopped after their step-2 checkpoint
+    (first launch) and resumed (second launch)."""
     root = tmp_path_factory.mktemp("dist")
     files = data_files(root)
     two = configs(str(tiny_model_dir), files, root / "two", processes=2)
-    stopped = dict(two["sft"], output_dir=str(root / "two" / "sft_resumed"))
+    stopped = {stage: dict(two[stage], output_dir=str(root / "two" / f"{stage}_resumed"), save_every=2)
+               for stage in RESUMED}
     runs = [{"stage": s.split("_")[0], "config": c} for s, c in two.items()]
-    torchrun({"runs": runs + [{"stage": "sft", "config": stopped, "stop_at": 2}]}, root / "first.json")
-    assert not (Path(stopped["output_dir"]) / "final").exists()  # it did stop
-    torchrun({"runs": [{"stage": "sft", "config": stopped, "resume": True}]}, root / "resume.json")
-    return {"root": root, "files": files, "two": two}
+    runs += [{"stage": s, "config": c, "stop_at": 2} for s, c in stopped.items()]
+    torchrun({"runs": runs}, root / "first.json")
+    logged_before_stop = {}
+    for stage, config in stopped.items():
+        assert not (Path(config["output_dir"]) / "final").exists()  # it did stop
+        logged_before_stop[stage] = (Path(config["output_dir"]) / "metrics.jsonl").read_text().splitlines()
+    torchrun({"runs": [{"stage": s, "config": c, "resume": True} for s, c in stopped.items()]}, root / "resume.json")
+    return {"root": root, "files": files, "two": two, "logged_before_stop": logged_before_stop}
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -152,17 +159,24 @@ def test_two_processes_equal_one_process_on_the_global_batch(stage, two_process_
                 assert r2[key] == pytest.approx(r1[key], abs=1e-5), (stage, key, r1["step"])
 
 
-def test_two_processes_stopped_and_resumed_equal_uninterrupted(two_process_runs):
-    two = two_process_runs["two"]["sft"]
-    resumed = Path(two_process_runs["root"]) / "two" / "sft_resumed"
+@pytest.mark.parametrize("stage", RESUMED)
+def test_two_processes_stopped_and_resumed_equal_uninterrupted(stage, two_process_runs):
+    two = two_process_runs["two"][stage]
+    resumed = Path(two_process_runs["root"]) / "two" / f"{stage}_resumed"
     uninterrupted = Path(two["output_dir"])
     assert max_diff(weights(resumed / "final"), weights(uninterrupted / "final")) <= TOLERANCE
-    state = torch.load(resumed / "checkpoints" / "step-0000004" / "state.pt", weights_only=False)
+    last = sorted((resumed / "checkpoints").glob("step-*"))[-1]
+    state = torch.load(last / "state.pt", weights_only=False)
     assert len(state["rng_per_rank"]) == 2  # each rank's RNG is kept
     def steps(folder):
         return [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
     assert steps(resumed) == steps(uninterrupted)  # no step logged twice, none missing
+    # it continued: the rows of steps 0-2 (their timings too) are those the first launch wrote, where a
+    # run started over would have written them again
+    before = two_process_runs["logged_before_stop"][stage]
+    assert [json.loads(x)["step"] for x in before][-1] == 2
+    assert (resumed / "metrics.jsonl").read_text().splitlines()[: len(before)] == before
 
 
 def test_running_score_statistics_cover_every_rank(two_process_runs, tiny_model_dir, one_torch_thread):
