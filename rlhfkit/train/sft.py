@@ -21,7 +21,8 @@ from rlhfkit.models.forward import causal_lm_loss
 from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer
 from rlhfkit.train.run import OptimConfig  # noqa: F401  (re-exported: the configs' optim block)
 from rlhfkit.train import distributed
-from rlhfkit.train.run import autocast, enable_gradient_checkpointing, make_accelerator, optimizer_and_schedule, start_run
+from rlhfkit.train.run import (autocast, enable_gradient_checkpointing, make_accelerator, optimizer_and_schedule,
+                               start_run)
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 log = logging.getLogger("rlhfkit")

@@ -30,8 +30,8 @@ from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.reward_sources import PythonRewardSource, RewardSettings, RewardSource, build_reward_source
 from rlhfkit.train.distributed import shard
-from rlhfkit.train.run import (OptimConfig, Run, RunConfig, infinite_batches, partial_state, process_count, process_index,
-                               start_run)
+from rlhfkit.train.run import (OptimConfig, Run, RunConfig, infinite_batches, partial_state, process_count,
+                               process_index, start_run)
 
 
 @dataclass
