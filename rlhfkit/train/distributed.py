@@ -191,3 +191,16 @@ def gather_rows(accelerator, x: torch.Tensor) -> torch.Tensor:
     if not is_distributed(accelerator):
         return x
     return accelerator.gather(x.contiguous())
+
+
+def check_accumulation(accelerator, micro_batches: int) -> None:
+    """DeepSpeed steps its optimizer inside ``backward`` on every micro-batch that accelerate marks
+    as a gradient-sync point, and rlhfkit accumulates micro-batches itself; until the two are wired
+    together (not verified without a GPU here) a ZeRO run takes one micro-batch per step."""
+    from accelerate.utils import DistributedType
+
+    if accelerator is not None and accelerator.distributed_type == DistributedType.DEEPSPEED and micro_batches > 1:
+        from rlhfkit.config import ConfigError
+
+        raise ConfigError(f"gradient_accumulation_steps={micro_batches}: with DeepSpeed (zero2.yaml, zero3.yaml) set "
+                          f"gradient_accumulation_steps=1 and raise batch_size or the number of processes instead")

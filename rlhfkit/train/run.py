@@ -209,12 +209,15 @@ def epoch_batches(lengths: list[int], *, batch_size: int, seed: int, epoch: int,
 
 
 def infinite_batches(lengths: list[int], *, batch_size: int, seed: int, start_epoch: int = 0,
-                     start_batch: int = 0, group_by_length: bool = True) -> Iterator[tuple[int, int, list[int]]]:
+                     start_batch: int = 0, group_by_length: bool = True,
+                     drop_last: bool = False) -> Iterator[tuple[int, int, list[int]]]:
     """(epoch, batch index within the epoch, indices) forever, resumable at any position."""
+    if drop_last and len(lengths) < batch_size:
+        raise ValueError(f"{len(lengths)} items cannot fill one batch of {batch_size} (drop_last)")
     epoch, first = start_epoch, start_batch
     while True:
         batches = epoch_batches(lengths, batch_size=batch_size, seed=seed, epoch=epoch,
-                                group_by_length=group_by_length)
+                                group_by_length=group_by_length, drop_last=drop_last)
         for b in range(first, len(batches)):
             yield epoch, b, batches[b]
         epoch, first = epoch + 1, 0

@@ -103,6 +103,7 @@ def train_loop(config: SupervisedConfig, accelerator, model, optimizer, schedule
     first_metrics: logged at step 0 of a fresh run (data counts, truncation statistics)
     """
     world, rank = accelerator.num_processes, accelerator.process_index
+    distributed.check_accumulation(accelerator, config.gradient_accumulation_steps)
     total_steps = config.total_steps(len(lengths), processes=world)
     modules = {"model": distributed.unwrap(accelerator, model), "optimizer": optimizer, "scheduler": scheduler}
     run = Run(out_dir, name, modules, config=config, total_steps=total_steps, resume=resume,

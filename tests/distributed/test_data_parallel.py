@@ -47,7 +47,8 @@ def data_files(root: Path) -> dict[str, str]:
                  "responses": [f" the {n} is blue.", f" the {n} is red.", " it is blue, i think."],
                  "ranking": [1, [0, 2]]} for n in NAMES]
     prompts = [{"prompt": f"User: what color is the {n}?\nAssistant:"} for n in NAMES[:4] * 4]
-    return {"sft": write(root / "sft.jsonl", sft), "pairs": write(root / "pairs.jsonl", pairs),
+    return {"sft": write(root / "sft.jsonl", sft), "sft_tail": write(root / "sft_tail.jsonl", sft[:9]),
+            "pairs": write(root / "pairs.jsonl", pairs),
             "reward": write(root / "reward.jsonl", pairs[:20] + rankings),
             "prompts": write(root / "prompts.jsonl", prompts)}
 
@@ -65,10 +66,21 @@ def configs(model: str, files: dict[str, str], root: Path, *, processes: int) ->
         "sft": dict(common, data=files["sft"], output_dir=str(root / "sft"), batch_size=b // 2,
                     gradient_accumulation_steps=2, max_length=64, max_steps=4, save_every=2, eval_fraction=0.0,
                     eval_every=0, disable_dropout=True, optim=optim),
+        # 9 examples in global batches of 8: every other step holds 1 example, so one rank has none and
+        # takes a zero-weight pass
+        "sft_tail": dict(common, data=files["sft_tail"], output_dir=str(root / "sft_tail"), batch_size=b,
+                         max_length=64, max_steps=3, save_every=0, eval_fraction=0.0, eval_every=0,
+                         disable_dropout=True, optim=optim),
+        # with a held-out split evaluated every step (every rank evaluates it through the wrapped model)
         "dpo": dict(common, data=files["pairs"], output_dir=str(root / "dpo"), batch_size=b, max_length=48,
-                    max_steps=3, save_every=0, eval_fraction=0.0, optim=optim),
+                    max_steps=3, save_every=0, eval_fraction=0.1, eval_every=1, optim=optim),
+        # LoRA: only the adapter trains (DDP skips the frozen weights), the reference is the adapter off
+        "dpo_lora": dict(common, data=files["pairs"], output_dir=str(root / "dpo_lora"), batch_size=b,
+                         max_length=48, max_steps=3, save_every=0, eval_fraction=0.0, lora={"r": 4, "alpha": 8},
+                         optim=optim),
+        # with held-out records: the main process evaluates, calibrates and writes eval.json
         "reward": dict(common, data=files["reward"], output_dir=str(root / "reward"), batch_size=b, max_length=48,
-                       max_steps=3, save_every=0, eval_fraction=0.0, ties="soft", optim=optim),
+                       max_steps=3, save_every=0, eval_fraction=0.2, ties="soft", optim=optim),
         # one rollout batch of 8 responses (2 prompts × 4) per step; each rank generates its own prompts'
         # groups in one chunk, so the 1-process run generates the same two chunks with the same seeds
         "grpo": dict(rl, output_dir=str(root / "grpo"), batch_size=b, num_generations=4, total_steps=3,
@@ -137,12 +149,12 @@ def one_process(stage: str, config: dict) -> Path:
     return Path(config["output_dir"]) / "final"
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo", "reward", "grpo", "ppo"])
+@pytest.mark.parametrize("stage", ["sft", "sft_tail", "dpo", "dpo_lora", "reward", "grpo", "ppo"])
 def test_two_processes_equal_one_process_on_the_global_batch(stage, two_process_runs, tiny_model_dir,
                                                              one_torch_thread):
     root = two_process_runs["root"]
     one = configs(str(tiny_model_dir), two_process_runs["files"], root / "one", processes=1)[stage]
-    final_one = one_process(stage, one)
+    final_one = one_process(stage.split("_")[0], one)
     final_two = Path(two_process_runs["two"][stage]["output_dir"]) / "final"
     a, b = weights(final_one), weights(final_two)
     initial = weights(tiny_model_dir)
@@ -154,9 +166,14 @@ def test_two_processes_equal_one_process_on_the_global_batch(stage, two_process_
     rows_two = [json.loads(x) for x in (final_two.parent / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one]
     for r1, r2 in zip(rows_one, rows_two):
-        for key in ("train/loss", "objective/scores"):
+        for key in ("train/loss", "objective/scores", "eval/loss", "eval/accuracy"):
             if key in r1:
                 assert r2[key] == pytest.approx(r1[key], abs=1e-5), (stage, key, r1["step"])
+    assert any("eval/loss" in r for r in rows_two) == (stage == "dpo")
+    if stage == "reward":  # held-out evaluation written once, by the main process
+        eval_one, eval_two = (json.loads((f.parent / "eval.json").read_text()) for f in (final_one, final_two))
+        assert eval_two["pairs"] == eval_one["pairs"] > 0
+        assert eval_two["accuracy"] == pytest.approx(eval_one["accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize("stage", RESUMED)

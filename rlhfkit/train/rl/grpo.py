@@ -133,6 +133,7 @@ def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConf
     accelerator = wrapped = None
     if process_count() > 1:
         accelerator = make_accelerator(config.precision)
+        distributed.check_accumulation(accelerator, config.gradient_accumulation_steps)
         wrapped, optimizer = distributed.prepare_model(accelerator, policy, optimizer)
     modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler}
     run = RLRun(config, name, modules, setup, prompts_per_step=config.batch_size // n, resume=resume)

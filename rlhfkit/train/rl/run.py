@@ -219,12 +219,16 @@ class RLRun(Run):
         super().__init__(config.output_dir, name, modules, config=config, total_steps=config.total_steps,
                          resume=resume, first_metrics={"data/prompts": len(setup.prompts),
                                                        "data/prompts_truncated": setup.prompts_truncated})
-        # every rank draws the same global batch of prompts (prompts_per_step per rank) and takes its share
+        # every rank draws the same global batch of prompts (prompts_per_step per rank) and takes its share;
+        # with several processes an epoch's incomplete last batch is dropped, so every rank holds batch_size rows
         self.rank, self.world = process_index(), process_count()
+        require(self.world == 1 or len(setup.prompts) >= prompts_per_step * self.world,
+                f"{config.prompts}: {len(setup.prompts)} prompts cannot fill one global batch of "
+                f"{prompts_per_step} prompts × {self.world} processes")
         self.stream = infinite_batches([1] * len(setup.prompts), batch_size=prompts_per_step * self.world,
                                        seed=config.seed,
                                        start_epoch=self.state.epoch, start_batch=self.state.batch_in_epoch,
-                                       group_by_length=False)
+                                       group_by_length=False, drop_last=self.world > 1)
         self.extra: dict = dict(self.state.extra or {})
         """method-specific positions saved with every checkpoint (e.g. the PPO-ptx data stream)"""
         self.shuffle = torch.Generator().manual_seed(config.seed + 17)

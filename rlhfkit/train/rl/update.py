@@ -105,7 +105,7 @@ def optimise(actor: ActorCritic, exp: Experience, config: RLConfig, optimizer, s
                 last = k == len(micro_batches) - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(wrapped):
                     loss, stats = distributed.call(wrapped, micro_loss)
-                    (loss * weight).backward()
+                    accelerator.backward(loss * weight)
             for key, value in {**stats, "loss/total": loss}.items():
                 acc[key] = acc.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * weight
         if config.optim.max_grad_norm > 0:
