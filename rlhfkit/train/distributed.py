@@ -204,3 +204,15 @@ def check_accumulation(accelerator, micro_batches: int) -> None:
 
         raise ConfigError(f"gradient_accumulation_steps={micro_batches}: with DeepSpeed (zero2.yaml, zero3.yaml) set "
                           f"gradient_accumulation_steps=1 and raise batch_size or the number of processes instead")
+
+
+def require_replicated(accelerator, stage: str) -> None:
+    """Online RL generates with the plain policy on each rank, a different number of decoding steps per
+    rank; with sharded weights (FSDP, ZeRO-3) every forward is a collective gather, so ranks would wait on
+    each other forever. Until generation is sharding-aware (or served, issue 13 §2) those configs are refused."""
+    if is_sharded(accelerator):
+        from rlhfkit.config import ConfigError
+
+        raise ConfigError(f"{stage} with sharded weights (FSDP, ZeRO-3) is not supported: generation runs on each "
+                          f"rank's own prompts; use configs/accelerate/ddp.yaml or zero2.yaml (with LoRA for large "
+                          f"models)")

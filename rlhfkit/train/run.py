@@ -11,7 +11,9 @@
 Checkpoints hold everything a resumed run needs to continue exactly where it stopped: model
 weights, optimizer and scheduler state, RNG states (python, torch) and the loop's own position
 (step, epoch, batch within the epoch). ``N steps, stop, resume N steps`` equals ``2N steps``
-uninterrupted (tests/stages/test_sft.py and test_preference_trainer.py check it).
+uninterrupted (tests/stages/test_sft.py and test_preference_trainer.py check it; with 2 processes,
+tests/distributed/test_data_parallel.py). With several processes only the main one writes the run
+folder, and a checkpoint also keeps every rank's RNG state (:func:`process_index`, :func:`process_count`).
 
 Not here: the loops themselves (:mod:`rlhfkit.train.supervised`, :mod:`rlhfkit.train.rl`) and the
 fields only one kind of stage has (:class:`rlhfkit.train.supervised.SupervisedConfig`,

@@ -4,7 +4,9 @@ SFT, pre-training, reward models and the direct preference methods (DPO family, 
 differ only in how a batch becomes a loss (``step_fn``) and how a micro-batch is weighted in
 gradient accumulation (tokens for SFT, examples for pairwise losses). :func:`train_loop` owns the
 rest, once: accelerate, gradient accumulation and clipping, the schedule, logging, periodic
-evaluation, checkpoints and an exact ``--resume`` (through :class:`rlhfkit.train.run.Run`).
+evaluation, checkpoints and an exact ``--resume`` (through :class:`rlhfkit.train.run.Run`), with one
+process or N (``accelerate launch`` / ``torchrun``: each rank trains on its shard of every global
+batch, weights normalised by the step's weight over all ranks; :mod:`rlhfkit.train.distributed`).
 
 Also here: :class:`SupervisedConfig` (the data, length and step fields these stages add to
 :class:`~rlhfkit.train.run.RunConfig`) and :func:`held_out_indices` (the held-out split they share).

@@ -134,6 +134,7 @@ def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConf
     if process_count() > 1:
         accelerator = make_accelerator(config.precision)
         distributed.check_accumulation(accelerator, config.gradient_accumulation_steps)
+        distributed.require_replicated(accelerator, name)
         wrapped, optimizer = distributed.prepare_model(accelerator, policy, optimizer)
     modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler}
     run = RLRun(config, name, modules, setup, prompts_per_step=config.batch_size // n, resume=resume)

@@ -201,6 +201,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
     if process_count() > 1:
         accelerator = make_accelerator(config.precision)
         distributed.check_accumulation(accelerator, config.gradient_accumulation_steps)
+        distributed.require_replicated(accelerator, "ppo")
         wrapped, optimizer = distributed.prepare_model(accelerator, torch.nn.ModuleDict(actor.modules()), optimizer)
     kl_ctl, moments = kl_controller(config), RunningMoments()
     modules = {**actor.modules(), "optimizer": optimizer, "scheduler": scheduler, "kl_ctl": kl_ctl,

@@ -5,7 +5,8 @@ set-up, the prompt stream and the run folder.
 - :func:`set_up`: what every method builds before its loop, in one order (run folder, tokenizer,
   prompts, policy (+ value function), reference, reward, generator);
 - :class:`RLRun`: the run folder while the loop runs (:class:`rlhfkit.train.run.Run`) plus the
-  prompt stream and the minibatch shuffle, both restored by ``--resume``.
+  prompt stream and the minibatch shuffle, both restored by ``--resume``; with N processes each rank
+  takes its share of every global batch of prompts (whole groups).
 
 Not here: the experience step (:mod:`.rollout`), the models (:mod:`.policy`), the update
 (:mod:`.update`), each method's advantages, loss and loop (:mod:`.ppo`, :mod:`.grpo`, :mod:`.rloo`).
