@@ -48,3 +48,15 @@ def test_steps_per_epoch_count_the_global_batch():
     config = SupervisedConfig(model="m", data="d", batch_size=4, max_steps=0, num_epochs=1.0)
     # 48 examples: 12 batches of 4 alone, 6 global batches of 2 × 4 on two processes
     assert config.total_steps(48) == 12 and config.total_steps(48, processes=2) == 6
+
+
+def test_resuming_with_another_number_of_processes_is_a_clear_error(tmp_path, monkeypatch):
+    from rlhfkit.train.run import LoopState, load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 1)
+    path = save_checkpoint(tmp_path, state=LoopState(step=3), modules={"model": model})  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")  # resumed by 2 processes: each rank needs its own RNG state
+    with pytest.raises(ValueError, match=r"written by 1 process\(es\); resume it with the same number \(2 are running\)"):
+        load_checkpoint(path, modules={"model": model})
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert load_checkpoint(path, modules={"model": model}).step == 3
