@@ -5,8 +5,13 @@ train the same model with N data-parallel ranks as with one process on an N-time
 - :class:`Forward` and :func:`call`: every training forward runs through the wrapped module (DDP's
   gradient all-reduce and FSDP's unsharding hook onto ``forward``), while the loss code keeps
   receiving the plain Hugging Face model and its completion-only head (:mod:`rlhfkit.models.forward`);
-- :func:`prepare_model`, :func:`unwrap`, :func:`inner_state_dict`: wrapping, unwrapping and full weights;
-- :func:`global_sums` and :func:`global_whiten`: sums and counts all-reduced, never means of means.
+- :func:`prepare_model`, :func:`unwrap`, :func:`inner_state_dict`, :func:`save_final`: wrapping,
+  unwrapping, full weights and ``final/`` written once;
+- :func:`global_sums`, :func:`global_whiten`, :func:`global_masked_whiten`, :func:`gather_rows`:
+  statistics over all ranks from all-reduced sums and counts (or the gathered rows), never from a
+  mean of per-rank means; :func:`global_means` / :func:`reduce_stats` average per-rank metric means,
+  exact only where every rank holds equally many rows (the RL loops; the supervised loop sums);
+- :func:`check_accumulation`, :func:`require_replicated`: the combinations refused with a clear error.
 
 One process changes nothing: the model is not wrapped, nothing is all-reduced, and every helper
 returns its input. Not here: the loops (:mod:`rlhfkit.train.supervised`, :mod:`rlhfkit.train.rl`)
@@ -124,15 +129,6 @@ def global_whiten(x: torch.Tensor, accelerator, *, eps: float = 1e-8) -> torch.T
     mean = s / n
     std = max((ss - n * mean * mean) / max(n - 1, 1), 0.0) ** 0.5
     return (x - mean) / (std + eps)
-
-
-def barrier(accelerator) -> None:
-    if is_distributed(accelerator):
-        accelerator.wait_for_everyone()
-
-
-def main_process(accelerator) -> bool:
-    return accelerator is None or accelerator.is_main_process
 
 
 def reduce_stats(accelerator, stats: dict[str, Any]) -> dict[str, Any]:
