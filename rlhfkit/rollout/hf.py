@@ -21,7 +21,7 @@ class HFGenerator:
     def generate(self, prompt_ids: list[list[int]]) -> Rollout:
         parts = [self._generate_batch(prompt_ids[i: i + self.sampling.batch_size])
                  for i in range(0, len(prompt_ids), self.sampling.batch_size)]
-        return _concat(parts, pad_token_id=self.tokenizer.pad_token_id)
+        return concat_rollouts(parts, pad_token_id=self.tokenizer.pad_token_id)
 
     def _generate_batch(self, prompt_ids: list[list[int]]) -> Rollout:
         s, tok = self.sampling, self.tokenizer
@@ -54,7 +54,8 @@ def _pad_to(x: torch.Tensor, width: int, value, *, left: bool) -> torch.Tensor:
     return torch.cat([fill, x], dim=1) if left else torch.cat([x, fill], dim=1)
 
 
-def _concat(parts: list[Rollout], *, pad_token_id: int) -> Rollout:
+def concat_rollouts(parts: list[Rollout], *, pad_token_id: int) -> Rollout:
+    """One rollout from several (generation chunks), prompts re-padded on the left, responses on the right."""
     if len(parts) == 1:
         return parts[0]
     P = max(p.prompt_ids.shape[1] for p in parts)

@@ -31,7 +31,9 @@ from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_pe
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
 from rlhfkit.models.reward_model import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, load_scorer,
                                          reward_forward, with_distinct_pad, write_temperature)
-from rlhfkit.train.run import MetricsLogger, OptimConfig, make_accelerator, optimizer_and_schedule, set_seed, start_run
+from rlhfkit.train import distributed
+from rlhfkit.train.run import (MetricsLogger, OptimConfig, enable_gradient_checkpointing, make_accelerator,
+                               optimizer_and_schedule, process_index, set_seed, start_run, wait_for_everyone)
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 
@@ -194,6 +196,9 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
                                           "data/eval_records": len(eval_groups),
                                           "data/skipped_all_tied": skipped}, resume))
     final = out_dir / "final"
+    if process_index() != 0:  # several processes: the main one assembles, evaluates and writes; the others wait
+        wait_for_everyone()
+        return final
     if config.ensemble_size > 1:
         final.mkdir(parents=True, exist_ok=True)
         members = []
@@ -211,6 +216,7 @@ def run_reward(config: RewardConfig, *, resume: bool = False) -> Path:
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
     MetricsLogger(out_dir, resume=True).log("final", {f"eval/{k}": v for k, v in report.items()
                                                         if isinstance(v, (int, float))})
+    wait_for_everyone()
     return final
 
 
@@ -244,9 +250,10 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     model = load_reward_model(config.model, lora=config.lora, tokenizer=tokenizer)
     if config.disable_dropout:
         disable_dropout(model)
-    total_steps = config.total_steps(len(groups))
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
+    total_steps = config.total_steps(len(groups), processes=accelerator.num_processes)
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = distributed.prepare_model(accelerator, model, optimizer)
     pad_id = tokenizer.pad_token_id
 
     def step_fn(model, indices):
@@ -256,7 +263,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     def eval_fn(model):
         if not eval_groups:
             return {}
-        scorer = RewardScorer([accelerator.unwrap_model(model)], tokenizer, max_length=config.max_length,
+        scorer = RewardScorer([distributed.unwrap(accelerator, model)], tokenizer, max_length=config.max_length,
                               max_prompt_length=config.max_prompt_length, biases=[0.0])
         return {"eval/accuracy": evaluate_reward(scorer, eval_groups)["accuracy"]}
 
@@ -264,12 +271,16 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
                else "reward", out_dir=out_dir, lengths=[sum(len(s) for s in g.seqs) for g in groups], seed=seed,
                first_metrics=first_metrics, step_fn=step_fn, weight_fn=lambda idx: float(len(idx)),
                eval_fn=eval_fn if config.eval_every else None, resume=resume)
-    model = accelerator.unwrap_model(model)
+    model = distributed.unwrap(accelerator, model)
     # normalisation: reward 0 = the mean of the reference set (InstructGPT)
     scorer = RewardScorer([model], tokenizer, max_length=config.max_length,
                           max_prompt_length=config.max_prompt_length, biases=[0.0])
     bias = -float(scorer.score([p for p, _ in reference], [r for _, r in reference]).mean()) if reference else 0.0
-    final = save_model(model, tokenizer, out_dir / "final", save_adapter_only=config.lora.save_adapter_only)
+    final = out_dir / "final"
+    if not accelerator.is_main_process:  # several processes: the main one writes final/
+        accelerator.wait_for_everyone()
+        return final
+    save_model(model, tokenizer, final, save_adapter_only=config.lora.save_adapter_only)
     cfg_path = final / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg[BIAS_KEY] = bias
@@ -277,6 +288,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     cfg_path.write_text(json.dumps(cfg, indent=2))
     (final / "rlhfkit_scoring.json").write_text(json.dumps({"max_length": config.max_length,
                                                             "max_prompt_length": config.max_prompt_length}))
+    accelerator.wait_for_everyone()
     return final
 
 

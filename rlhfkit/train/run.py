@@ -11,7 +11,9 @@
 Checkpoints hold everything a resumed run needs to continue exactly where it stopped: model
 weights, optimizer and scheduler state, RNG states (python, torch) and the loop's own position
 (step, epoch, batch within the epoch). ``N steps, stop, resume N steps`` equals ``2N steps``
-uninterrupted (tests/stages/test_sft.py and test_preference_trainer.py check it).
+uninterrupted (tests/stages/test_sft.py and test_preference_trainer.py check it; with 2 processes,
+tests/distributed/test_data_parallel.py). With several processes only the main one writes the run
+folder, and a checkpoint also keeps every rank's RNG state (:func:`process_index`, :func:`process_count`).
 
 Not here: the loops themselves (:mod:`rlhfkit.train.supervised`, :mod:`rlhfkit.train.rl`) and the
 fields only one kind of stage has (:class:`rlhfkit.train.supervised.SupervisedConfig`,
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -87,6 +90,9 @@ class RunConfig:
     """optimiser steps between checkpoints (0: only at the end)"""
     keep_checkpoints: int = 2
     """how many of the newest checkpoints to keep"""
+    gradient_checkpointing: bool = False
+    """recompute each decoder layer's activations in the backward pass instead of keeping them: activation
+    memory falls from O(layers) to O(1) layers for about a third more compute (Chen et al. 2016)"""
 
 
 # ---------------------------------------------------------------- set-up
@@ -105,9 +111,53 @@ def start_run(config: RunConfig) -> Path:
     config.precision = resolve_precision(config.precision, announce=True)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, out_dir / "config.yaml")
+    if process_index() == 0:  # with several processes (accelerate launch, torchrun) the main one writes
+        save_config(config, out_dir / "config.yaml")
     set_seed(config.seed)
     return out_dir
+
+
+def process_index() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return partial_state().process_index
+
+
+def partial_state():
+    """accelerate's process-wide distributed state. Under ``torchrun`` on a machine without an
+    accelerator, accelerate only sets up its gloo process group when told to run on CPU
+    (``accelerate launch --cpu`` tells it through ACCELERATE_USE_CPU); this tells it the same."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_only())
+
+
+def _cpu_only() -> bool:
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    probe = getattr(torch, "accelerator", None)
+    has_device = probe.is_available() if probe is not None else torch.cuda.is_available()
+    return process_count() > 1 and not has_device
+
+
+def process_count() -> int:
+    """How many data-parallel processes train together (1 when alone)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def enable_gradient_checkpointing(model, enabled: bool) -> None:
+    """Gradient checkpointing of a Hugging Face model (LoRA-wrapped or not) when ``enabled``; the
+    non-reentrant variant, which works with frozen embeddings (LoRA) and with DDP / FSDP."""
+    if not enabled:
+        return
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
 
 
 def autocast(precision: str):
@@ -131,6 +181,8 @@ def make_accelerator(precision: str):
     mixed = "bf16" if resolve_precision(precision) == "bf16" else "no"
     if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
+    if process_count() > 1:  # several processes: the gloo group on a machine without GPUs
+        return Accelerator(mixed_precision=mixed, cpu=_cpu_only())
     return Accelerator(mixed_precision=mixed)
 
 
@@ -159,12 +211,15 @@ def epoch_batches(lengths: list[int], *, batch_size: int, seed: int, epoch: int,
 
 
 def infinite_batches(lengths: list[int], *, batch_size: int, seed: int, start_epoch: int = 0,
-                     start_batch: int = 0, group_by_length: bool = True) -> Iterator[tuple[int, int, list[int]]]:
+                     start_batch: int = 0, group_by_length: bool = True,
+                     drop_last: bool = False) -> Iterator[tuple[int, int, list[int]]]:
     """(epoch, batch index within the epoch, indices) forever, resumable at any position."""
+    if drop_last and len(lengths) < batch_size:
+        raise ValueError(f"{len(lengths)} items cannot fill one batch of {batch_size} (drop_last)")
     epoch, first = start_epoch, start_batch
     while True:
         batches = epoch_batches(lengths, batch_size=batch_size, seed=seed, epoch=epoch,
-                                group_by_length=group_by_length)
+                                group_by_length=group_by_length, drop_last=drop_last)
         for b in range(first, len(batches)):
             yield epoch, b, batches[b]
         epoch, first = epoch + 1, 0
@@ -209,14 +264,19 @@ def optimizer_and_schedule(params, optim, *, total_steps: int, extra_groups: tup
 
 
 class MetricsLogger:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` (and to TensorBoard if asked)."""
+    """Appends one JSON object per logged step to ``metrics.jsonl`` (and to TensorBoard if asked).
+    With several processes only the main one writes (the others' loggers do nothing): the loops
+    log metrics already reduced over ranks."""
 
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, resume: bool = False):
         self.path = Path(out_dir) / "metrics.jsonl"
+        self.writer = None
+        self.active = process_index() == 0
+        if not self.active:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
-        self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -227,7 +287,7 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume, forget lines logged after the checkpoint (they will be logged again)."""
-        if not self.path.exists():
+        if not self.active or not self.path.exists():
             return
         kept = []
         for line in self.path.read_text().splitlines():
@@ -237,6 +297,8 @@ class MetricsLogger:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int | str, metrics: dict[str, Any]) -> None:
+        if not self.active:
+            return
         row = {"step": step}
         for key, value in metrics.items():
             if isinstance(value, torch.Tensor):
@@ -313,19 +375,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(out_dir: str | Path, *, state: LoopState, modules: dict[str, Any],
                     keep: int = 2) -> Path:
     """``out_dir/checkpoints/step-N``: each module's ``state_dict`` (models, optimizers, schedulers,
-    controllers) plus RNG and loop state; only the newest ``keep`` checkpoints stay on disk."""
+    controllers) plus RNG and loop state; only the newest ``keep`` checkpoints stay on disk.
+
+    With several processes every rank calls it: each rank's RNG state is gathered (``rng_per_rank``;
+    a rank samples its own dropout masks and responses) and the main process writes the one file
+    (data-parallel replicas hold the same weights and optimizer state)."""
     root = Path(out_dir) / "checkpoints"
     path = root / f"step-{state.step:07d}"
+    rngs = None
+    if process_count() > 1:
+        from accelerate.utils import gather_object
+
+        rngs = gather_object([rng_state()])
+        if process_index() != 0:
+            wait_for_everyone()
+            return path
     tmp = root / f".tmp-step-{state.step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     payload = {name: module.state_dict() for name, module in modules.items()}
-    torch.save({"modules": payload, "rng": rng_state(), "state": state.__dict__}, tmp / "state.pt")
+    blob = {"modules": payload, "rng": rng_state(), "state": state.__dict__}
+    if rngs is not None:
+        blob["rng_per_rank"] = rngs
+    torch.save(blob, tmp / "state.pt")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a crash mid-save leaves the previous checkpoint intact
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    if rngs is not None:
+        wait_for_everyone()
     return path
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the processes of a multi-process run; nothing when alone."""
+    if process_count() > 1:
+        partial_state().wait_for_everyone()
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -339,7 +424,11 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, Any]) -> LoopState:
         if name not in blob["modules"]:
             raise ValueError(f"checkpoint {path} has no state for '{name}'")
         module.load_state_dict(blob["modules"][name])
-    set_rng_state(blob["rng"])
+    per_rank = blob.get("rng_per_rank")
+    if process_count() > 1 and (per_rank is None or len(per_rank) != process_count()):
+        raise ValueError(f"checkpoint {path} was written by {len(per_rank or [None])} process(es); "
+                         f"resume it with the same number ({process_count()} are running)")
+    set_rng_state(per_rank[process_index()] if process_count() > 1 else blob["rng"])
     return LoopState(**blob["state"])
 
 
@@ -356,8 +445,13 @@ class Run:
     """
 
     def __init__(self, out_dir: str | Path, name: str, modules: dict[str, Any], *, config: RunConfig,
-                 total_steps: int, resume: bool, first_metrics: dict[str, Any] | None = None):
+                 total_steps: int, resume: bool, first_metrics: dict[str, Any] | None = None,
+                 checkpoints: bool = True):
         self.out_dir, self.modules, self.total_steps = Path(out_dir), modules, total_steps
+        self.checkpoints = checkpoints
+        """False for sharded models (FSDP, ZeRO-3): no rank holds whole weights and optimizer state to save"""
+        if not checkpoints and process_index() == 0:
+            print("parameters are sharded (FSDP / ZeRO-3): no periodic checkpoints, so no --resume; final/ is saved")
         self.save_every, self.keep_checkpoints = config.save_every, config.keep_checkpoints
         self.state = LoopState()
         checkpoint = latest_checkpoint(self.out_dir) if resume else None
@@ -371,7 +465,8 @@ class Run:
             self.logger.truncate_after(self.state.step)
         elif first_metrics:
             self.logger.log(0, first_metrics)
-        self.progress = Progress(total_steps, name, start=self.state.step, enabled=config.progress)
+        self.progress = Progress(total_steps, name, start=self.state.step,
+                                 enabled=config.progress and process_index() == 0)
 
     @property
     def done(self) -> bool:
@@ -379,6 +474,8 @@ class Run:
 
     def checkpoint_if_due(self) -> None:
         """Save a checkpoint every ``save_every`` steps and after the last one."""
+        if not self.checkpoints:
+            return
         if (self.save_every and self.state.step % self.save_every == 0) or self.done:
             save_checkpoint(self.out_dir, state=self.state, modules=self.modules, keep=self.keep_checkpoints)
 

@@ -18,9 +18,11 @@ import torch
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, collate_sft, encode_sft_records, pack_documents
 from rlhfkit.models.forward import causal_lm_loss
-from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
+from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer
 from rlhfkit.train.run import OptimConfig  # noqa: F401  (re-exported: the configs' optim block)
-from rlhfkit.train.run import autocast, make_accelerator, optimizer_and_schedule, start_run
+from rlhfkit.train import distributed
+from rlhfkit.train.run import (autocast, enable_gradient_checkpointing, make_accelerator, optimizer_and_schedule,
+                               start_run)
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 log = logging.getLogger("rlhfkit")
@@ -116,13 +118,14 @@ def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
     tokenizer = load_tokenizer(config.model)
     prepare = _prepare_pretrain if pretrain else _prepare_sft
     train_examples, eval_examples, data_stats = prepare(config, tokenizer)
-    total_steps = config.total_steps(len(train_examples))
+    total_steps = config.total_steps(len(train_examples), processes=accelerator.num_processes)
 
     model = load_causal_lm(config.model, lora=config.lora)
     if config.disable_dropout:
         disable_dropout(model)
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = distributed.prepare_model(accelerator, model, optimizer)
     pad_id = tokenizer.pad_token_id
     n_targets = [sum(1 for label in e["labels"][1:] if label != IGNORE_INDEX) for e in train_examples]
 
@@ -146,5 +149,5 @@ def _train(config: SFTConfig, *, pretrain: bool, resume: bool) -> Path:
                               "data/eval_examples": len(eval_examples)},
                step_fn=step_fn, weight_fn=lambda idx: float(sum(n_targets[i] for i in idx)), eval_fn=eval_fn,
                resume=resume)
-    return save_model(accelerator.unwrap_model(model), tokenizer, out_dir / "final",
-                      save_adapter_only=config.lora.save_adapter_only)
+    return distributed.save_final(accelerator, model, tokenizer, out_dir / "final",
+                                  save_adapter_only=config.lora.save_adapter_only)

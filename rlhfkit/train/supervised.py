@@ -4,7 +4,9 @@ SFT, pre-training, reward models and the direct preference methods (DPO family, 
 differ only in how a batch becomes a loss (``step_fn``) and how a micro-batch is weighted in
 gradient accumulation (tokens for SFT, examples for pairwise losses). :func:`train_loop` owns the
 rest, once: accelerate, gradient accumulation and clipping, the schedule, logging, periodic
-evaluation, checkpoints and an exact ``--resume`` (through :class:`rlhfkit.train.run.Run`).
+evaluation, checkpoints and an exact ``--resume`` (through :class:`rlhfkit.train.run.Run`), with one
+process or N (``accelerate launch`` / ``torchrun``: each rank trains on its shard of every global
+batch, weights normalised by the step's weight over all ranks; :mod:`rlhfkit.train.distributed`).
 
 Also here: :class:`SupervisedConfig` (the data, length and step fields these stages add to
 :class:`~rlhfkit.train.run.RunConfig`) and :func:`held_out_indices` (the held-out split they share).
@@ -14,6 +16,7 @@ Not here: what a batch is for each stage (:mod:`rlhfkit.train.sft`, :mod:`rlhfki
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from rlhfkit.config import require
+from rlhfkit.train import distributed
 from rlhfkit.train.run import LoopState, Run, RunConfig, infinite_batches
 
 
@@ -41,7 +45,7 @@ class SupervisedConfig(RunConfig):
     max_prompt_length: int | None = None
     """prompts longer than this are cut from the left first (default: max_length - 1)"""
     batch_size: int = 8
-    """examples per micro-batch"""
+    """examples per micro-batch and process (with N processes a micro-batch holds N × batch_size)"""
     gradient_accumulation_steps: int = 1
     """micro-batches per optimiser step"""
     max_steps: int = 0
@@ -65,11 +69,12 @@ class SupervisedConfig(RunConfig):
                 f"max_prompt_length ({self.max_prompt_length}) must be positive and below max_length "
                 f"({self.max_length}): the completion needs room for at least one token")
 
-    def total_steps(self, n_examples: int) -> int:
-        """``max_steps``, or the optimiser steps of ``num_epochs`` passes over ``n_examples``."""
+    def total_steps(self, n_examples: int, *, processes: int = 1) -> int:
+        """``max_steps``, or the optimiser steps of ``num_epochs`` passes over ``n_examples`` when
+        ``processes`` ranks each take ``batch_size`` examples per micro-batch."""
         if self.max_steps:
             return self.max_steps
-        per_epoch = max(1, math.ceil(n_examples / self.batch_size) // self.gradient_accumulation_steps)
+        per_epoch = max(1, math.ceil(n_examples / (self.batch_size * processes)) // self.gradient_accumulation_steps)
         return max(1, int(self.num_epochs * per_epoch))
 
 
@@ -99,31 +104,44 @@ def train_loop(config: SupervisedConfig, accelerator, model, optimizer, schedule
     eval_fn(model) -> metrics, called every ``eval_every`` steps and at the end
     first_metrics: logged at step 0 of a fresh run (data counts, truncation statistics)
     """
-    total_steps = config.total_steps(len(lengths))
-    modules = {"model": accelerator.unwrap_model(model), "optimizer": optimizer, "scheduler": scheduler}
+    world, rank = accelerator.num_processes, accelerator.process_index
+    distributed.check_accumulation(accelerator, config.gradient_accumulation_steps)
+    total_steps = config.total_steps(len(lengths), processes=world)
+    modules = {"model": distributed.unwrap(accelerator, model), "optimizer": optimizer, "scheduler": scheduler}
     run = Run(out_dir, name, modules, config=config, total_steps=total_steps, resume=resume,
-              first_metrics=first_metrics)
+              first_metrics=first_metrics, checkpoints=not distributed.is_sharded(accelerator))
     state = run.state
-    stream = infinite_batches(lengths, batch_size=config.batch_size, seed=config.seed if seed is None else seed,
+    # every rank draws the same GLOBAL batches (world × batch_size examples) and trains on its shard
+    stream = infinite_batches(lengths, batch_size=config.batch_size * world,
+                              seed=config.seed if seed is None else seed,
                               start_epoch=state.epoch, start_batch=state.batch_in_epoch,
                               group_by_length=group_by_length)
     window: dict[str, float] = {}
     window_weight, window_start, window_items = 0.0, time.time(), 0
     model.train()
     while not run.done:
-        # 1. accumulate gradients over micro-batches, each weighted by its share of the step
+        # 1. accumulate gradients over micro-batches, each weighted by its share of the step: its weight
+        #    over the weight of the whole step on ALL ranks, so N ranks × batch b = 1 process × batch N·b
         micro = [next(stream) for _ in range(config.gradient_accumulation_steps)]
-        weights = [weight_fn(idx) for _, _, idx in micro]
-        total_weight = max(sum(weights), 1e-12)
-        for (_, _, idx), weight in zip(micro, weights):
-            with accelerator.autocast():
-                loss, stats = step_fn(model, idx)
-            accelerator.backward(loss * (weight / total_weight))
+        local = [distributed.shard(idx, rank, world) for _, _, idx in micro]
+        weights = [weight_fn(idx) if idx else 0.0 for idx in local]
+        total_weight = max(sum(distributed.global_sums(accelerator, weights)), 1e-12)
+        for k, (idx, weight) in enumerate(zip(local, weights)):
+            if not idx:  # fewer examples than ranks: a zero-weight pass keeps DDP's all-reduce in step
+                idx = micro[k][2][:1]
+            last = k == len(local) - 1
+            # DDP all-reduces gradients on the last micro-batch only (accelerate's no_sync)
+            with contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss, stats = distributed.call(model, step_fn, idx)
+                # DDP averages the ranks' gradients; × world turns that mean back into the global sum
+                scale = weight / total_weight if world == 1 else weight / total_weight * world
+                accelerator.backward(loss * scale)
             window["loss"] = window.get("loss", 0.0) + float(loss.detach()) * weight
             for key, value in stats.items():
                 window[key] = window.get(key, 0.0) + float(value) * weight
             window_weight += weight
-            window_items += len(idx)
+            window_items += len(local[k])
         # 2. clip, step, schedule
         grad_norm = None
         if config.optim.max_grad_norm > 0:
@@ -134,10 +152,14 @@ def train_loop(config: SupervisedConfig, accelerator, model, optimizer, schedule
         epoch, batch_index, _ = micro[-1]
         state.step += 1
         state.epoch, state.batch_in_epoch = epoch, batch_index + 1
-        state.tokens_seen += int(sum(weights))
-        # 3. log, evaluate, checkpoint
+        state.tokens_seen += int(total_weight)
+        # 3. log (sums and weights over all ranks), evaluate, checkpoint
         if state.step % config.log_every == 0 or run.done:
             elapsed = max(time.time() - window_start, 1e-9)
+            keys = sorted(window)
+            *sums, window_weight, window_items = distributed.global_sums(
+                accelerator, [window[k] for k in keys] + [window_weight, window_items])
+            window = dict(zip(keys, sums))
             metrics = {f"train/{k}": v / max(window_weight, 1e-12) for k, v in window.items()}
             metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/epoch": state.epoch,
                             "train/examples_per_s": window_items / elapsed})
@@ -148,8 +170,8 @@ def train_loop(config: SupervisedConfig, accelerator, model, optimizer, schedule
             window, window_weight, window_start, window_items = {}, 0.0, time.time(), 0
         if eval_fn is not None and ((config.eval_every and state.step % config.eval_every == 0) or run.done):
             model.eval()
-            with torch.no_grad():
-                run.logger.log(state.step, eval_fn(model))
+            with torch.no_grad():  # every rank evaluates the whole held-out set (the same numbers)
+                run.logger.log(state.step, distributed.call(model, eval_fn))
             model.train()
         run.checkpoint_if_due()
     run.close()

@@ -38,10 +38,12 @@ import torch
 from rlhfkit.data.layouts import LayoutOptions
 from rlhfkit.data.tokenize import TruncationStats
 from rlhfkit.losses import LossOutput
-from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer, save_model
+from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer
 from rlhfkit.train.direct import batches
 from rlhfkit.train.direct.batches import Example, ReferenceLogps, RoleLogps
-from rlhfkit.train.run import MetricsLogger, OptimConfig, make_accelerator, optimizer_and_schedule, start_run
+from rlhfkit.train import distributed
+from rlhfkit.train.run import (MetricsLogger, OptimConfig, enable_gradient_checkpointing, make_accelerator,
+                               optimizer_and_schedule, start_run)
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 log = logging.getLogger("rlhfkit")
@@ -220,13 +222,14 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     tokenizer = load_tokenizer(config.model)
     splits, first_metrics = load_splits(config, objective, tokenizer)
     train, held = splits["train"], splits["eval"]
-    total_steps = config.total_steps(len(train))
+    total_steps = config.total_steps(len(train), processes=accelerator.num_processes)
 
     model = load_causal_lm(config.model, lora=config.lora)
     if config.disable_dropout:  # as TRL: the policy's step-0 log-probs then equal the reference's, which
         disable_dropout(model)    # are computed without it (GPT-2 ships with p = 0.1 in three places)
+    enable_gradient_checkpointing(model, config.gradient_checkpointing)
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = distributed.prepare_model(accelerator, model, optimizer)
     device, pad_id = accelerator.device, tokenizer.pad_token_id
     roles = objective.roles + objective.nograd_roles
 
@@ -238,11 +241,13 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
                                                     "max_prompt_length": config.max_prompt_length,
                                                     "precision": config.precision, "roles": list(roles)},
                                           splits=splits)
-        cache, cached = batches.load_or_compute_reference(
-            out_dir / REFERENCE_FILE, key, meta,
-            lambda: batches.compute_reference(accelerator.unwrap_model(model), splits, pad_token_id=pad_id,
-                                              device=device, batch_size=2 * config.batch_size,
-                                              autocast=accelerator.autocast))
+        # with several processes the main one computes and writes the cache first, then the others read it
+        with accelerator.main_process_first():
+            cache, cached = batches.load_or_compute_reference(
+                out_dir / REFERENCE_FILE, key, meta,
+                lambda: batches.compute_reference(distributed.unwrap(accelerator, model), splits, pad_token_id=pad_id,
+                                                  device=device, batch_size=2 * config.batch_size,
+                                                  autocast=accelerator.autocast))
         first_metrics["data/reference_from_cache"] = int(cached)
         print(f"reference log-probs {'reused from' if cached else 'computed and cached in'} {out_dir / REFERENCE_FILE}")
 
@@ -251,7 +256,7 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
             return None
         if cache is not None:
             return cache.select(split, indices, device)
-        with torch.no_grad(), batches.reference_mode(accelerator.unwrap_model(model)):  # LoRA: adapter off
+        with torch.no_grad(), batches.reference_mode(distributed.unwrap(accelerator, model)):  # LoRA: adapter off
             return batches.batch_logps(model, batch, roles, pad_token_id=pad_id, device=device)
 
     def forward(model, split: str, indices: list[int]) -> tuple[LossOutput, Logps, Logps | None, list[Example]]:
@@ -291,8 +296,9 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     report = {**held_metrics, "chosen_logps_falling": watch.fired,
               "chosen_logps_shift_per_block": [round(m, 4) for m in watch.means], "objective": objective.name,
               "steps": total_steps, **first_metrics}
-    (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    if accelerator.is_main_process:
+        (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
     MetricsLogger(out_dir, resume=True).log("final", {**held_metrics,
                                                           "warning/chosen_logps_falling": int(watch.fired)})
-    return save_model(accelerator.unwrap_model(model), tokenizer, out_dir / "final",
-                      save_adapter_only=config.lora.save_adapter_only)
+    return distributed.save_final(accelerator, model, tokenizer, out_dir / "final",
+                                  save_adapter_only=config.lora.save_adapter_only)

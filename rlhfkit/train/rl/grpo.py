@@ -26,14 +26,14 @@ import torch
 
 from rlhfkit.config import require
 from rlhfkit.losses import grpo_policy_loss
-from rlhfkit.models.loading import save_model
 from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate
+from rlhfkit.train import distributed
 from rlhfkit.train.rl.offpolicy import tis_advantages
 from rlhfkit.train.rl.policy import Outputs
-from rlhfkit.train.rl.rollout import Experience, collect, objective_metrics
+from rlhfkit.train.rl.rollout import Experience, chunk_seed, collect, objective_metrics
 from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
 from rlhfkit.train.rl.update import optimise
-from rlhfkit.train.run import optimizer_and_schedule
+from rlhfkit.train.run import enable_gradient_checkpointing, make_accelerator, optimizer_and_schedule, process_count
 
 
 @dataclass
@@ -128,24 +128,37 @@ def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConf
     in their defaults (kl_in, loss_aggregation)."""
     setup = set_up(config, reward_fns=reward_fns, gold_fn=gold_fn)
     policy, n = setup.policy, config.num_generations
+    enable_gradient_checkpointing(policy, config.gradient_checkpointing)
     optimizer, scheduler = optimizer_and_schedule(policy.parameters(), config.optim, total_steps=config.optimizer_steps)
+    # several processes: the policy goes through accelerate (DDP / FSDP); one process: as it was
+    accelerator = wrapped = None
+    if process_count() > 1:
+        accelerator = make_accelerator(config.precision)
+        distributed.check_accumulation(accelerator, config.gradient_accumulation_steps)
+        distributed.require_replicated(accelerator, name)
+        wrapped, optimizer = distributed.prepare_model(accelerator, policy, optimizer)
     modules = {"policy": policy, "optimizer": optimizer, "scheduler": scheduler}
     run = RLRun(config, name, modules, setup, prompts_per_step=config.batch_size // n, resume=resume)
+    seeded = config.rollout_seed_per_chunk or accelerator is not None
 
     while not run.done:
         batch_prompts, batch_ids = run.next_prompts(setup.prompts, setup.prompt_ids, repeat=n)
-        # 1. generate n responses per prompt, 2. score them, 3. old-policy and reference log-probs
+        # 1. generate n responses per prompt (this rank's prompts), 2. score them, 3. old-policy and
+        #    reference log-probs
+        first_row, step = run.rank * config.batch_size, run.state.step
         exp = collect(setup.actor, setup.reference, setup.generator, setup.tokenizer, setup.reward, batch_prompts,
-                      batch_ids, config, gold_fn=setup.gold_fn)
+                      batch_ids, config, gold_fn=setup.gold_fn,
+                      seed_of=(lambda row: chunk_seed(config.seed, step, first_row + row)) if seeded else None)
         mask = exp.mask
         kl_estimator = "k3" if config.kl_in == "loss" else config.kl_estimator
         kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=kl_estimator) * mask  # (B, R)
 
-        # 4. group advantages from the (KL-penalised when kl_in=reward) sequence rewards
+        # 4. group advantages from the (KL-penalised when kl_in=reward) sequence rewards; groups stay on
+        #    one rank, the whitening's mean and std are over all ranks
         rewards = sequence_scores(exp.scores, kl, mask, kl_coef=config.kl_coef, kl_in=config.kl_in)
         advantages = advantages_fn(config, rewards)  # (B,)
         if config.whiten_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            advantages = distributed.global_whiten(advantages, accelerator)
         advantages = tis_advantages(advantages, exp.tis_weights)  # rollout.tis_cap: (B, R), TIS (Yao et al. 2025)
         metrics = objective_metrics(exp, kl, kl_coef=config.kl_coef)
         groups = exp.scores.view(-1, n)
@@ -154,9 +167,12 @@ def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConf
 
         # 5. epochs over shuffled minibatches of the clipped surrogate (+ k3 KL when kl_in=loss)
         metrics.update(optimise(setup.actor, exp, config, optimizer, scheduler, run.shuffle,
-                                lambda out, idx: clipped_loss(out, exp, idx, advantages, config), values=False))
+                                lambda out, idx: clipped_loss(out, exp, idx, advantages, config), values=False,
+                                accelerator=accelerator, wrapped=wrapped))
 
-        # 6. log and checkpoint
-        run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl"))
+        # 6. log (means over ranks: each holds batch_size responses) and checkpoint
+        run.end_step(distributed.reduce_stats(accelerator, metrics),
+                     show=("objective/scores", "gold/reward", "objective/kl"))
     run.close()
-    return save_model(policy, setup.tokenizer, setup.out_dir / "final", save_adapter_only=config.lora.save_adapter_only)
+    return distributed.save_final(accelerator, policy, setup.tokenizer, setup.out_dir / "final",
+                                  save_adapter_only=config.lora.save_adapter_only)

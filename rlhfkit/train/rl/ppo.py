@@ -36,16 +36,17 @@ from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import collate_sft, encode_sft_records
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.forward import causal_lm_loss
-from rlhfkit.models.loading import save_model
 from rlhfkit.models.reward_model import load_reward_model, member_dirs
 from rlhfkit.ops import (AdaptiveKLController, FixedKLController, RunningMoments, gae, kl_estimate,
-                         last_token_index, masked_var, masked_whiten)
+                         last_token_index, masked_var)
+from rlhfkit.train import distributed
 from rlhfkit.train.rl.offpolicy import tis_advantages
 from rlhfkit.train.rl.policy import ActorCritic, Outputs
-from rlhfkit.train.rl.rollout import Experience, collect, objective_metrics
+from rlhfkit.train.rl.rollout import Experience, chunk_seed, collect, objective_metrics
 from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
 from rlhfkit.train.rl.update import optimise
-from rlhfkit.train.run import infinite_batches, optimizer_and_schedule
+from rlhfkit.train.run import (enable_gradient_checkpointing, infinite_batches, make_accelerator,
+                               optimizer_and_schedule, process_count, process_index)
 
 
 @dataclass
@@ -170,12 +171,16 @@ class PtxStream:
                                            ).examples
         self.pad, self.extra = tokenizer.pad_token_id, extra
         epoch, batch = extra.get("ptx", (0, 0))
-        self.stream = infinite_batches([len(e["input_ids"]) for e in self.examples], batch_size=config.ptx_batch_size,
+        # with N processes each rank takes its shard of a global batch of N × ptx_batch_size
+        self.rank, self.world = process_index(), process_count()
+        self.stream = infinite_batches([len(e["input_ids"]) for e in self.examples],
+                                       batch_size=config.ptx_batch_size * self.world,
                                        seed=config.seed + 5, start_epoch=epoch, start_batch=batch)
 
     def loss(self, model, device) -> torch.Tensor:
         epoch, batch_index, idx = next(self.stream)
         self.extra["ptx"] = (epoch, batch_index + 1)
+        idx = distributed.shard(idx, self.rank, self.world) or idx[:1]
         batch = {k: v.to(device) for k, v in collate_sft([self.examples[i] for i in idx], self.pad).items()}
         return causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
 
@@ -190,7 +195,15 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
     like ``reward.functions``); ``gold_fn(prompts, responses)`` is logged as gold/reward only."""
     setup = set_up(config, reward_fns=reward_fns, gold_fn=gold_fn, value_function=lambda p: build_value(config, p))
     actor, tokenizer = setup.actor, setup.tokenizer
+    enable_gradient_checkpointing(setup.policy, config.gradient_checkpointing)
     optimizer, scheduler = build_optimizer(config, actor)
+    # several processes: the policy and the value function go through accelerate together (DDP)
+    accelerator = wrapped = None
+    if process_count() > 1:
+        accelerator = make_accelerator(config.precision)
+        distributed.check_accumulation(accelerator, config.gradient_accumulation_steps)
+        distributed.require_replicated(accelerator, "ppo")
+        wrapped, optimizer = distributed.prepare_model(accelerator, torch.nn.ModuleDict(actor.modules()), optimizer)
     kl_ctl, moments = kl_controller(config), RunningMoments()
     modules = {**actor.modules(), "optimizer": optimizer, "scheduler": scheduler, "kl_ctl": kl_ctl,
                "score_moments": moments}
@@ -200,12 +213,15 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
     while not run.done:
         batch_prompts, batch_ids = run.next_prompts(setup.prompts, setup.prompt_ids)
         # 1. generate, 2. score (+ missing-EOS penalty), 3a. old-policy / reference log-probs, values
+        first_row, step = run.rank * config.batch_size, run.state.step
+        seeded = config.rollout_seed_per_chunk or accelerator is not None
         exp = collect(actor, setup.reference, setup.generator, tokenizer, setup.reward, batch_prompts, batch_ids,
-                      config, gold_fn=setup.gold_fn)
+                      config, gold_fn=setup.gold_fn,
+                      seed_of=(lambda row: chunk_seed(config.seed, step, first_row + row)) if seeded else None)
         mask = exp.mask
         scores = exp.scores
-        if config.normalize_scores:
-            moments.update(scores)
+        if config.normalize_scores:  # running statistics of every rank's scores
+            moments.update(distributed.gather_rows(accelerator, scores))
             scores = (scores - moments.mean) / max(moments.std, 1e-8)
         if config.score_clip is not None:
             scores = scores.clamp(-config.score_clip, config.score_clip)
@@ -214,12 +230,12 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
         kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=config.kl_estimator) * mask  # (B, R)
         rewards = token_rewards(exp, scores, kl, kl_coef=kl_ctl.value)
         if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = distributed.global_masked_whiten(rewards, mask, accelerator, shift_mean=False)
 
         # 4. advantages and returns with GAE; whitened advantages
         advantages, returns = gae(rewards, exp.values, mask, gamma=config.gamma, lam=config.lam)
-        if config.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        if config.whiten_advantages:  # the mean and variance of all ranks' tokens
+            advantages = distributed.global_masked_whiten(advantages, mask, accelerator)
         advantages = tis_advantages(advantages, exp.tis_weights)  # rollout.tis_cap: TIS (Yao et al. 2025)
         metrics = objective_metrics(exp, kl, kl_coef=kl_ctl.value)
         metrics["val/explained_variance"] = explained_variance(exp.values, returns, mask)
@@ -232,10 +248,13 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
                 loss = loss + config.ptx_coef * stats["loss/ptx"]
             return loss, stats
 
-        metrics.update(optimise(actor, exp, config, optimizer, scheduler, run.shuffle, loss_fn, values=True))
+        metrics.update(optimise(actor, exp, config, optimizer, scheduler, run.shuffle, loss_fn, values=True,
+                                accelerator=accelerator, wrapped=wrapped))
+        metrics = distributed.reduce_stats(accelerator, metrics)  # means over ranks (equal batches)
 
-        # 6. KL controller (Ziegler et al. 2019 §2.2: n_steps = responses in the batch), log, checkpoint
-        kl_ctl.update(metrics["objective/kl"], len(exp.responses))
+        # 6. KL controller (Ziegler et al. 2019 §2.2: n_steps = responses in the batch of all ranks), log, checkpoint
+        kl_ctl.update(metrics["objective/kl"], len(exp.responses) * process_count())
         run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl", "objective/kl_coef"))
     run.close()
-    return save_model(setup.policy, tokenizer, setup.out_dir / "final", save_adapter_only=config.lora.save_adapter_only)
+    return distributed.save_final(accelerator, setup.policy, tokenizer, setup.out_dir / "final",
+                                  save_adapter_only=config.lora.save_adapter_only)

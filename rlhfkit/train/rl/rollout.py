@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.rollout.base import Rollout
-from rlhfkit.rollout.hf import decode_responses
+from rlhfkit.rollout.hf import concat_rollouts, decode_responses
 from rlhfkit.train.rl.offpolicy import logprob_gap, tis_weights
 from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.reward_sources import RewardSource
@@ -52,6 +52,28 @@ class Experience:
                 "completion_mask": self.completion_mask[index]}
 
 
+def chunk_seed(seed: int, step: int, row: int) -> int:
+    """Sampling seed of the generation chunk that starts at GLOBAL row ``row`` of iteration ``step``:
+    with several processes every chunk has its own stream (ranks do not sample the same noise), and
+    the samples do not depend on how many processes share the batch (1 process × 2 chunks draws as
+    2 processes × 1 chunk each)."""
+    return ((seed * 1_000_003 + step) * 1_000_003 + row) % (2**63 - 1)
+
+
+def generate_seeded(generator, tokenizer, prompt_ids: list[list[int]], *, chunk: int, seed_of) -> Rollout:
+    """``generator.generate`` chunk by chunk (``chunk`` prompts each), the torch RNG seeded with
+    ``seed_of(first row of the chunk)`` for each and restored afterwards. (A server generator has no local
+    model: it seeds each request itself, and the seeding here changes nothing there.)"""
+    model = getattr(generator, "model", None)
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    parts = []
+    for start in range(0, len(prompt_ids), chunk):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed_of(start))
+            parts.append(generator.generate(prompt_ids[start: start + chunk]))
+    return concat_rollouts(parts, pad_token_id=tokenizer.pad_token_id)
+
+
 def _chunks(n: int, size: int) -> list[torch.Tensor]:
     return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
 
@@ -59,14 +81,18 @@ def _chunks(n: int, size: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def collect(actor: ActorCritic, reference: Reference, generator, tokenizer, reward: RewardSource,
             prompts: list, prompt_ids: list[list[int]], config: RLConfig, *,
-            gold_fn: Callable | None = None) -> Experience:
+            gold_fn: Callable | None = None, seed_of: Callable[[int], int] | None = None) -> Experience:
     """Steps 1–3 of every online method: generate, score (+ missing-EOS penalty), old-policy and
-    reference log-probs and values — all without gradients."""
+    reference log-probs and values — all without gradients. ``seed_of(row)``, when given, seeds each
+    generation chunk by its first row (:func:`generate_seeded`); otherwise the global RNG runs on."""
     device = next(actor.policy.parameters()).device
     timings: dict[str, float] = {}
     # 1. generate (KV cache, left-padded prompts, stop at EOS, cut after the first EOS)
     t = time.time()
-    rollout: Rollout = generator.generate(prompt_ids)
+    if seed_of is None:
+        rollout: Rollout = generator.generate(prompt_ids)
+    else:
+        rollout = generate_seeded(generator, tokenizer, prompt_ids, chunk=config.sampling.batch_size, seed_of=seed_of)
     responses = decode_responses(tokenizer, rollout)
     timings["time/generate"] = time.time() - t
     # 2. score the texts; a response that never emitted EOS is penalised

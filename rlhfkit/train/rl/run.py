@@ -5,7 +5,8 @@ set-up, the prompt stream and the run folder.
 - :func:`set_up`: what every method builds before its loop, in one order (run folder, tokenizer,
   prompts, policy (+ value function), reference, reward, generator);
 - :class:`RLRun`: the run folder while the loop runs (:class:`rlhfkit.train.run.Run`) plus the
-  prompt stream and the minibatch shuffle, both restored by ``--resume``.
+  prompt stream and the minibatch shuffle, both restored by ``--resume``; with N processes each rank
+  takes its share of every global batch of prompts (whole groups).
 
 Not here: the experience step (:mod:`.rollout`), the models (:mod:`.policy`), the update
 (:mod:`.update`), each method's advantages, loss and loop (:mod:`.ppo`, :mod:`.grpo`, :mod:`.rloo`).
@@ -30,7 +31,9 @@ from rlhfkit.rollout.hf import HFGenerator
 from rlhfkit.rollout.server import RolloutConfig, ServerGenerator
 from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.reward_sources import PythonRewardSource, RewardSettings, RewardSource, build_reward_source
-from rlhfkit.train.run import OptimConfig, Run, RunConfig, infinite_batches, start_run
+from rlhfkit.train.distributed import shard
+from rlhfkit.train.run import (OptimConfig, Run, RunConfig, infinite_batches, partial_state, process_count,
+                               process_index, start_run)
 
 
 @dataclass
@@ -99,6 +102,10 @@ class RLConfig(RunConfig):
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """where rollouts are generated (backend=hf in process, or server: rlhfkit serve / vLLM / SGLang at url),
     how the server gets the weights after each update (sync, sync_dir) and the TIS correction (tis_cap)"""
+    rollout_seed_per_chunk: bool = False
+    """seed each generation chunk (``sampling.batch_size`` prompts) from (seed, iteration, its first row in the
+    global batch), so the samples do not depend on the number of processes; always on with several
+    processes (each rank then samples its own noise), off by default in one process (one RNG stream)"""
 
     @property
     def minibatch_size(self) -> int:
@@ -194,7 +201,10 @@ def set_up(config: RLConfig, *, reward_fns: Sequence[Callable] = (), gold_fn: Ca
     function (``gold_fn`` or ``config.gold_function``) and the generator."""
     config.validate(extra_rewards=len(reward_fns))
     out_dir = start_run(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if process_count() > 1:  # each rank on its own device (accelerate's choice: cuda:LOCAL_RANK, or the CPU)
+        device = partial_state().device
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     tokenizer = load_tokenizer(config.model)
     prompts, prompt_ids, n_cut = load_prompts(config.prompts, tokenizer, max_prompt_length=config.max_prompt_length)
@@ -224,9 +234,16 @@ class RLRun(Run):
         super().__init__(config.output_dir, name, modules, config=config, total_steps=config.total_steps,
                          resume=resume, first_metrics={"data/prompts": len(setup.prompts),
                                                        "data/prompts_truncated": setup.prompts_truncated})
-        self.stream = infinite_batches([1] * len(setup.prompts), batch_size=prompts_per_step, seed=config.seed,
+        # every rank draws the same global batch of prompts (prompts_per_step per rank) and takes its share;
+        # with several processes an epoch's incomplete last batch is dropped, so every rank holds batch_size rows
+        self.rank, self.world = process_index(), process_count()
+        require(self.world == 1 or len(setup.prompts) >= prompts_per_step * self.world,
+                f"{config.prompts}: {len(setup.prompts)} prompts cannot fill one global batch of "
+                f"{prompts_per_step} prompts × {self.world} processes")
+        self.stream = infinite_batches([1] * len(setup.prompts), batch_size=prompts_per_step * self.world,
+                                       seed=config.seed,
                                        start_epoch=self.state.epoch, start_batch=self.state.batch_in_epoch,
-                                       group_by_length=False)
+                                       group_by_length=False, drop_last=self.world > 1)
         self.extra: dict = dict(self.state.extra or {})
         """method-specific positions saved with every checkpoint (e.g. the PPO-ptx data stream)"""
         self.shuffle = torch.Generator().manual_seed(config.seed + 17)
@@ -234,10 +251,11 @@ class RLRun(Run):
             self.shuffle.set_state(self.extra["shuffle"])
 
     def next_prompts(self, prompts: list, prompt_ids: list[list[int]], repeat: int = 1) -> tuple[list, list]:
-        """The next prompts of the stream, each repeated ``repeat`` times (group-contiguous)."""
+        """This rank's prompts of the stream's next global batch, each repeated ``repeat`` times
+        (group-contiguous: a GRPO / RLOO group stays on one rank)."""
         epoch, batch_index, idx = next(self.stream)
         self.state.epoch, self.state.batch_in_epoch = epoch, batch_index + 1
-        idx = [i for i in idx for _ in range(repeat)]
+        idx = [i for i in shard(idx, self.rank, self.world) for _ in range(repeat)]
         return [prompts[i] for i in idx], [prompt_ids[i] for i in idx]
 
     def end_step(self, metrics: dict[str, float], show: Sequence[str]) -> None:
