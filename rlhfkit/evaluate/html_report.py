@@ -116,6 +116,22 @@ def _annotators(lim: dict) -> str:
             + _table(["annotator", "leaning", "agreement with gold", "reward model's accuracy vs this annotator"], rows))
 
 
+def _seeds(seeds: dict | None) -> str:
+    """The ``--seeds`` runs: a figure of every seed's win rate and a table of mean, spread and range."""
+    if not seeds:
+        return ("<h2>Across training seeds</h2>\n<p class=\"missing\">This run trained each method on one seed "
+                "(<code>rlhfkit demo --seeds 0,1,2</code> retrains them on several).</p>")
+    per = {name: {s: [e["win_rate_vs_sft"], *(e.get("win_rate_vs_sft_ci") or [])] for s, e in r["per_seed"].items()}
+           for name, r in seeds.items()}
+    rows = [[name, _num(r["win_rate_vs_sft_mean"]), _num(r["win_rate_vs_sft_std"]),
+             f"{_num(r['win_rate_vs_sft_min'])} – {_num(r['win_rate_vs_sft_max'])}",
+             "yes" if r["all_above_half"] else "no"] for name, r in seeds.items()]
+    caption = ("Win rate vs SFT of each method retrained on every training seed (same task, SFT model, labels, "
+               "reward model, evaluation prompts and SFT samples); the bar is the mean over seeds.")
+    return (_figure("Across training seeds", plots.seed_win_rates(per), caption, "No seed was compared with SFT.")
+            + "\n" + _table(["method", "mean", "std (n − 1)", "range", "every interval above 0.5"], rows))
+
+
 def render_html(summary: dict) -> str:
     """The whole page for a summary (``summary.json``'s dict)."""
     methods = summary.get("methods", {})
@@ -146,6 +162,7 @@ def render_html(summary: dict) -> str:
     sections.append(_figure("Win rate against SFT", plots.win_rates(win),
                             "Gold win rate of each method's samples against SFT's, with its 95% bootstrap interval "
                             "over prompts; 0.5 = no better than SFT.", "No method was compared with SFT in this run."))
+    sections.append(_seeds(summary.get("seeds")))
     kl_points = {k: {"kl": v.get("kl_to_sft"), "distinct_2": v.get("distinct_2"), "mean_length": v.get("mean_length")}
                  for k, v in policies.items() if v.get("kl_to_sft") is not None}
     if kl_points and "sft" in policies:  # SFT is the reference: KL 0 by definition

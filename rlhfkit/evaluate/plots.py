@@ -169,6 +169,38 @@ def win_rates(rates: dict[str, Sequence[float]], baseline: str = "SFT") -> bytes
     return _png(fig)
 
 
+def seed_win_rates(per_method: dict[str, dict[str, Sequence[float]]], baseline: str = "SFT") -> bytes | None:
+    """Each training seed's win rate (with its interval) per method, and the mean over seeds:
+    ``per_method[name][seed]`` = (rate, low, high)."""
+    per_method = {k: v for k, v in (per_method or {}).items() if v}
+    if not per_method:
+        return None
+    plt = _plt()
+    names = list(per_method)
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(names) + 1.2))
+    seeds = sorted({s for v in per_method.values() for s in v}, key=str)
+    for i, name in enumerate(names):
+        y0 = len(names) - 1 - i
+        runs = per_method[name]
+        for j, seed in enumerate(seeds):
+            if seed not in runs:
+                continue
+            rate, *ci = runs[seed]
+            y = y0 + (j - (len(seeds) - 1) / 2) * 0.15
+            err = [[rate - ci[0]], [ci[1] - rate]] if len(ci) == 2 else None
+            ax.errorbar([rate], [y], xerr=err, fmt="o", ms=4, capsize=2, color=COLORS[j % len(COLORS)],
+                        label=f"seed {seed}" if i == 0 else None)
+        mean = sum(r[0] for r in runs.values()) / len(runs)
+        ax.plot([mean, mean], [y0 - 0.3, y0 + 0.3], color="black", lw=2, label="mean" if i == 0 else None)
+    ax.axvline(0.5, color="gray", ls="--", lw=1)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names[::-1])
+    ax.set_xlabel(f"win rate vs {baseline} per training seed (95% interval)")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
 def diversity_length_vs_kl(points: dict[str, dict[str, float]]) -> bytes | None:
     """Distinct-2 and mean length against KL to SFT, one point per method
     (``points[name]`` = {"kl", "distinct_2", "mean_length"})."""

@@ -39,3 +39,16 @@ def test_limitations_figures_and_tables():
     assert "NOT the full reward model" in html and "a &lt;b&gt; fan" in html
     assert "<td>0.250</td><td>0.300</td><td>0.189</td><td>1.000</td>" in html  # α, β, KL peak, largest KL = 1²
     assert '<td class="text">a &lt;b&gt; fan</td><td>0.750</td>' in html  # text left-aligned, numbers right
+
+
+def test_seeds_figure_and_table():
+    summary = _summary()
+    assert "rlhfkit demo --seeds 0,1,2" in render_html(summary)  # one seed: says how to get more
+    per_seed = {"0": {"win_rate_vs_sft": 0.6, "win_rate_vs_sft_ci": [0.55, 0.65]},
+                "1": {"win_rate_vs_sft": 0.7, "win_rate_vs_sft_ci": [0.49, 0.8]}}
+    summary["seeds"] = {"ppo": {"seeds": [0, 1], "win_rate_vs_sft_mean": 0.65, "win_rate_vs_sft_std": 0.0707,
+                                "win_rate_vs_sft_min": 0.6, "win_rate_vs_sft_max": 0.7, "all_above_half": False,
+                                "per_seed": per_seed}}
+    html = render_html(summary)
+    assert html.count("<img ") == 3 + 1
+    assert '<td>0.650</td><td>0.071</td><td>0.600 – 0.700</td><td class="text">no</td>' in html

@@ -19,6 +19,7 @@ CASES = {
     "reliability_diagram": (([{"low": 0.4, "high": 0.5, "confidence": 0.45, "frequency": 0.5, "count": 3}], 0.05),
                             ([],)),
     "win_rates": (({"ppo": [0.6, 0.55, 0.65], "dpo": [0.52, 0.47, 0.58]},), ({},)),
+    "seed_win_rates": (({"ppo": {"0": [0.6, 0.55, 0.65], "1": [0.58, 0.52, 0.63]}, "dpo": {"0": [0.62]}},), ({},)),
     "diversity_length_vs_kl": (({"ppo": {"kl": 0.6, "distinct_2": 0.15, "mean_length": 9.0}},), ({},)),
     "sycophancy_bars": (({"ppo": {"sycophancy_rate": 0.1, "contrarian_rate": 0.2}, "sft": {"sycophancy_rate": 0.3}},),
                         ({},)),
