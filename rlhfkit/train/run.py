@@ -23,6 +23,7 @@ fields only one kind of stage has (:class:`rlhfkit.train.supervised.SupervisedCo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from typing import Any, Iterator
 import torch
 
 from rlhfkit.config import save_config
+from rlhfkit.train.log_backends import LogConfig, numeric, open_backends
 from rlhfkit.models.loading import LoraSettings
 from rlhfkit.models.precision import Precision, resolve_precision
 
@@ -83,7 +85,9 @@ class RunConfig:
     Huang et al. 2024): a loss that compares the model with a reference, two responses, or the rollout's
     log-probs (first PPO ratio exactly 1) is then not dropout noise"""
     tensorboard: bool = False
-    """also write TensorBoard event files"""
+    """also write TensorBoard event files (same as adding tensorboard to log.backends)"""
+    log: LogConfig = field(default_factory=LogConfig)
+    """metric sinks beside metrics.jsonl: log.backends=[wandb, mlflow, trackio, tensorboard], each used when installed"""
     progress: bool = True
     """show a progress bar / periodic progress lines"""
     save_every: int = 200
@@ -268,22 +272,15 @@ class MetricsLogger:
     With several processes only the main one writes (the others' loggers do nothing): the loops
     log metrics already reduced over ranks."""
 
-    def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, resume: bool = False):
+    def __init__(self, out_dir: str | Path, *, backends: list | None = None, resume: bool = False):
         self.path = Path(out_dir) / "metrics.jsonl"
-        self.writer = None
+        self.backends = list(backends or [])
         self.active = process_index() == 0
         if not self.active:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-            except ImportError:
-                print("tensorboard is not installed; metrics go to metrics.jsonl only")
 
     def truncate_after(self, step: int) -> None:
         """On resume, forget lines logged after the checkpoint (they will be logged again)."""
@@ -306,14 +303,15 @@ class MetricsLogger:
             row[key] = value
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "step" and isinstance(step, int):
-                    self.writer.add_scalar(key, value, step)
+        if self.backends and isinstance(step, int):  # "final" rows stay in the JSONL file
+            values = numeric(row)
+            for backend in self.backends if values else ():
+                backend.log(step, values)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for backend in self.backends:
+            backend.close()
+        self.backends = []
 
 
 class Progress:
@@ -460,7 +458,12 @@ class Run:
         if checkpoint is not None:
             self.state = load_checkpoint(checkpoint, modules=modules)
             print(f"resumed from {checkpoint} at step {self.state.step}")
-        self.logger = MetricsLogger(self.out_dir, tensorboard=config.tensorboard, resume=checkpoint is not None)
+        backends = []
+        if process_index() == 0:
+            config.log.validate()
+            names = list(config.log.backends) + (["tensorboard"] if config.tensorboard else [])
+            backends = open_backends(names, self.out_dir, project=config.log.project, config=dataclasses.asdict(config))
+        self.logger = MetricsLogger(self.out_dir, backends=backends, resume=checkpoint is not None)
         if checkpoint is not None:
             self.logger.truncate_after(self.state.step)
         elif first_metrics:
