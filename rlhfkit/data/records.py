@@ -211,7 +211,10 @@ VALIDATORS = {
 # ---------------------------------------------------------------- loading
 
 
-def _iter_jsonl(path: Path):
+def iter_jsonl(path: str | Path):
+    """``(line number, object)`` of each non-blank line of a JSONL file; a line that is not a JSON
+    object is a DataError naming the file and the line."""
+    path = Path(path)
     with path.open("r", encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -256,7 +259,7 @@ def load_records(source: str | Path, kind: str, *, split: str = "train", limit: 
     if path.suffix in (".jsonl", ".json") or path.is_file():
         if not path.exists():
             raise DataError(str(path), None, None, "file does not exist")
-        rows = _iter_jsonl(path)
+        rows = iter_jsonl(path)
     else:
         rows = _iter_hf_dataset(str(source), split)
     records, lines = [], []

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from rlhfkit.evaluate.metrics import NAN, sigmoid
+from rlhfkit.evaluate.metrics import NAN, percentile_interval, sigmoid
 
 DEFAULT_L2 = 1.0
 """L2 penalty on the difficulty terms γ_p (the precision of their N(0, 1/l2) prior)"""
@@ -198,19 +198,4 @@ def bootstrap_lc_ci(comparisons: Sequence[Comparison], *, n_prompts: int, n_poli
         fit = fit_length_controlled(sample, n_policies=n_policies, n_prompts=n_prompts, difficulty=difficulty, l2=l2)
         for m in range(n_policies):
             draws[m].append(fit.lc_win_rate[m])
-    return [_percentiles(sorted(d), confidence) for d in draws]
-
-
-def _percentiles(values: list[float], confidence: float) -> tuple[float, float]:
-    if not values:
-        return (NAN, NAN)
-
-    def quantile(q: float) -> float:
-        pos = q * (len(values) - 1)
-        lo = int(math.floor(pos))
-        hi = min(lo + 1, len(values) - 1)
-        return values[lo] + (pos - lo) * (values[hi] - values[lo])
-
-    alpha = 1.0 - confidence
-    return (quantile(alpha / 2), quantile(1 - alpha / 2))
-
+    return [percentile_interval(sorted(d), confidence) for d in draws]

@@ -143,12 +143,20 @@ def bootstrap_mean_ci(values: Sequence[float], *, n_resamples: int = 2000, confi
         return (NAN, NAN)
     rng = random.Random(seed)
     means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(n_resamples))
+    return percentile_interval(means, confidence)
+
+
+def percentile_interval(sorted_values: Sequence[float], confidence: float) -> tuple[float, float]:
+    """The (1 − c)/2 and (1 + c)/2 quantiles of sorted bootstrap draws, interpolating linearly between
+    order statistics (quantile q at position q · (B − 1), numpy's default). (NaN, NaN) for no draws."""
+    if not sorted_values:
+        return (NAN, NAN)
 
     def quantile(q: float) -> float:
-        pos = q * (len(means) - 1)
+        pos = q * (len(sorted_values) - 1)
         lo = int(math.floor(pos))
-        hi = min(lo + 1, len(means) - 1)
-        return means[lo] + (pos - lo) * (means[hi] - means[lo])
+        hi = min(lo + 1, len(sorted_values) - 1)
+        return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
 
     alpha = 1.0 - confidence
     return (quantile(alpha / 2), quantile(1 - alpha / 2))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.data.records import DataError, validate_prompt
+from rlhfkit.data.records import DataError, iter_jsonl, validate_prompt
 from rlhfkit.data.tokenize import encode_prompt, pad_batch
 from rlhfkit.evaluate.policy import sequence_kl
 from rlhfkit.models.forward import sequence_logprobs
@@ -61,33 +61,24 @@ def load_eval_prompts(path: str, *, limit: int | None = None) -> list:
     if not file.exists():
         raise DataError(path, None, None, "file does not exist")
     prompts = []
-    with file.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
+    for number, record in iter_jsonl(file):
+        if "prompt" not in record and "messages" in record:
+            messages = record["messages"]
             try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise DataError(path, number, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(path, number, None, f"expected a JSON object, got {type(record).__name__}")
-            if "prompt" not in record and "messages" in record:
-                messages = record["messages"]
-                try:
-                    validate_prompt({"prompt": messages}, path, number)
-                except DataError as err:  # checked as a prompt: name the field the file has
-                    prefix = f"{path}:{number}: field '{err.field}': "
-                    message = str(err)[len(prefix):] if str(err).startswith(prefix) else str(err)
-                    raise DataError(path, number, "messages" + (err.field or "prompt")[len("prompt"):], message) from None
-                while messages and messages[-1]["role"] == "assistant":
-                    messages = messages[:-1]
-                if not messages:
-                    raise DataError(path, number, "messages", "holds only assistant messages: no prompt")
-                prompts.append(messages)
-            else:
-                prompts.append(validate_prompt(record, path, number)["prompt"])
-            if limit is not None and len(prompts) >= limit:
-                break
+                validate_prompt({"prompt": messages}, path, number)
+            except DataError as err:  # checked as a prompt: name the field the file has
+                prefix = f"{path}:{number}: field '{err.field}': "
+                message = str(err)[len(prefix):] if str(err).startswith(prefix) else str(err)
+                raise DataError(path, number, "messages" + (err.field or "prompt")[len("prompt"):], message) from None
+            while messages and messages[-1]["role"] == "assistant":
+                messages = messages[:-1]
+            if not messages:
+                raise DataError(path, number, "messages", "holds only assistant messages: no prompt")
+            prompts.append(messages)
+        else:
+            prompts.append(validate_prompt(record, path, number)["prompt"])
+        if limit is not None and len(prompts) >= limit:
+            break
     if not prompts:
         raise DataError(path, None, None, "holds no prompt records")
     return prompts
