@@ -62,6 +62,7 @@ class SupervisedConfig(RunConfig):
         require(bool(self.data), "data: set the training data (data=path.jsonl)")
         require(self.batch_size > 0, "batch_size must be positive")
         require(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be positive")
+        self.optim.validate()
         require(self.max_steps >= 0, "max_steps must be >= 0")
         require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
         require(self.max_length > 1, "max_length must exceed 1")
