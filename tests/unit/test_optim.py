@@ -1,4 +1,4 @@
-"""AdamW as every loop builds it: the betas / eps options and the multi-tensor implementation."""
+"""AdamW as every loop builds it: the betas / eps options and the fused / multi-tensor implementations."""
 
 import pytest
 import torch
@@ -20,24 +20,27 @@ def _train(implementation: str, steps: int = 5, **kw) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_foreach_adamw_takes_the_same_steps_as_the_single_tensor_loop():
-    # the same arithmetic per element, batched over the parameters instead of looped (bitwise equal on CPU with
-    # torch 2.x today); a difference could only be
-    # float32 rounding of a reordered expression, ~1 ulp of a weight of size ~0.3 per step (≈ 3e-8),
-    # so after 5 steps of lr 1e-2 the two agree far inside 1e-6 while the steps themselves move weights ~5e-2
-    single, multi = _train("single"), _train("auto")
+@pytest.mark.parametrize("implementation", ["foreach", "fused", "auto"])
+def test_fused_and_foreach_adamw_take_the_same_steps_as_the_single_tensor_loop(implementation):
+    # the same arithmetic per element, batched over the parameters (foreach) or in one kernel per parameter
+    # (fused) instead of looped: a difference is float32 rounding of a reordered expression, about 1 ulp of a
+    # weight of size ~0.3 per step (≈ 3e-8), so after 5 steps they agree far inside 1e-6, while the steps
+    # themselves (lr 1e-2, Adam's steps are ~lr each) move the weights by ~5e-2
+    single, other = _train("single"), _train(implementation)
     start = _train("single", steps=0)
-    for a, b, s in zip(single, multi, start):
+    for a, b, s in zip(single, other, start):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
         assert (a - s).abs().max() > 1e-3  # the parameters did move: the comparison is not of two no-ops
 
 
-def test_adamw_picks_foreach_on_cpu_and_single_when_asked():
+def test_adamw_is_fused_on_cpu_and_as_asked_otherwise():
     params = [torch.nn.Parameter(torch.zeros(2, 2))]
-    assert adamw_implementation(params) == {"foreach": True}
+    assert adamw_implementation(params) == {"fused": True}
+    assert adamw_implementation([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]) == {"fused": True}
     assert adamw_implementation(params, "single") == {"foreach": False}
-    assert build_optimizer(params, lr=1.0).defaults["foreach"] is True
-    with pytest.raises(ValueError, match="auto or single"):
+    assert adamw_implementation(params, "foreach") == {"foreach": True}
+    assert build_optimizer(params, lr=1.0).defaults["fused"] is True
+    with pytest.raises(ValueError, match="auto, fused, foreach, single"):
         adamw_implementation(params, "fast")
 
 
@@ -47,8 +50,7 @@ def test_adam_betas_and_eps_reach_the_optimizer_and_default_to_the_old_constants
     assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-8  # unchanged defaults
     opt, _ = optimizer_and_schedule(params, OptimConfig(adam_betas=[0.8, 0.999], adam_eps=1e-6), total_steps=10)
     assert opt.defaults["betas"] == (0.8, 0.999) and opt.defaults["eps"] == 1e-6
-    # β2 changes the step: with one gradient g, Adam's first step is lr·g/(|g| + eps) whatever β2 is, so
-    # compare after two steps of different gradients
+    # β2 shows from the second step (Adam's first step is lr·g/(|g| + eps) whatever β2 is)
     a, b = _train("auto", steps=2), _train("auto", steps=2, betas=(0.9, 0.999))
     assert not torch.allclose(a[0], b[0])
 
