@@ -199,13 +199,17 @@ def make_accelerator(precision: str):
 
 
 def epoch_batches(lengths: list[int], *, batch_size: int, seed: int, epoch: int,
-                  group_by_length: bool = True, drop_last: bool = False) -> list[list[int]]:
+                  group_by_length: bool = True, drop_last: bool = False, shuffle: bool = True) -> list[list[int]]:
     """Index batches for one epoch, deterministic in (seed, epoch).
 
     With ``group_by_length`` examples are shuffled, cut into chunks of 50 batches, sorted by length
     inside a chunk and then the batches are shuffled: batches hold similar lengths, so little compute
-    is spent on padding, while the order stays random.
+    is spent on padding, while the order stays random. ``shuffle=False``: the items in their order,
+    every epoch (no length grouping), e.g. to feed another trainer's exact order.
     """
+    if not shuffle:
+        batches = [list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size)]
+        return batches[:-1] if drop_last and batches and len(batches[-1]) < batch_size else batches
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(lengths), generator=gen).tolist()
     if group_by_length:
@@ -220,15 +224,15 @@ def epoch_batches(lengths: list[int], *, batch_size: int, seed: int, epoch: int,
 
 
 def infinite_batches(lengths: list[int], *, batch_size: int, seed: int, start_epoch: int = 0,
-                     start_batch: int = 0, group_by_length: bool = True,
-                     drop_last: bool = False) -> Iterator[tuple[int, int, list[int]]]:
+                     start_batch: int = 0, group_by_length: bool = True, drop_last: bool = False,
+                     shuffle: bool = True) -> Iterator[tuple[int, int, list[int]]]:
     """(epoch, batch index within the epoch, indices) forever, resumable at any position."""
     if drop_last and len(lengths) < batch_size:
         raise ValueError(f"{len(lengths)} items cannot fill one batch of {batch_size} (drop_last)")
     epoch, first = start_epoch, start_batch
     while True:
         batches = epoch_batches(lengths, batch_size=batch_size, seed=seed, epoch=epoch,
-                                group_by_length=group_by_length, drop_last=drop_last)
+                                group_by_length=group_by_length, drop_last=drop_last, shuffle=shuffle)
         for b in range(first, len(batches)):
             yield epoch, b, batches[b]
         epoch, first = epoch + 1, 0
