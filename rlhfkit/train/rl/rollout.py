@@ -2,7 +2,7 @@
 penalty) → old-policy and reference log-probs (and values), chunked by ``forward_batch_size``; and
 the objective/* metrics of that batch.
 
-Two passes are skipped when nothing needs them (:func:`collect`'s ``old_logprobs`` and ``reference``):
+Two passes are skipped when nothing needs them (:func:`collect`'s ``old_logprobs`` and ``with_reference``):
 - the old-policy pass, when the batch serves exactly one optimiser update (GRPO / RLOO with
   num_ppo_epochs = num_minibatches = 1): the update's own forward runs on the same weights, so its
   detached log-probs ARE the old ones (ratio 1 by construction); :func:`complete_experience` fills
