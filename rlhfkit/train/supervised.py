@@ -56,12 +56,16 @@ class SupervisedConfig(RunConfig):
     """optimiser steps between metric lines"""
     eval_every: int = 0
     """optimiser steps between evaluations (0: only at the end)"""
+    shuffle: bool = True
+    """draw batches in a random order (seeded); false: the training records in file order, every epoch,
+    without length grouping (to match another trainer's order exactly; eval_fraction still holds some out)"""
 
     def validate(self) -> None:
         require(bool(self.model), "model: set the model folder to start from (model=path)")
         require(bool(self.data), "data: set the training data (data=path.jsonl)")
         require(self.batch_size > 0, "batch_size must be positive")
         require(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be positive")
+        self.optim.validate()
         require(self.max_steps >= 0, "max_steps must be >= 0")
         require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
         require(self.max_length > 1, "max_length must exceed 1")
@@ -91,6 +95,28 @@ def held_out_indices(n: int, fraction: float, seed: int, *, min_items: int) -> l
 StepFn = Callable[[Any, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
+def batch_stream(config: SupervisedConfig, lengths: list[int], *, world: int, seed: int | None = None,
+                 group_by_length: bool = True, start_epoch: int = 0, start_batch: int = 0):
+    """The GLOBAL batches (world × batch_size examples) every rank of :func:`train_loop` draws, in order."""
+    return infinite_batches(lengths, batch_size=config.batch_size * world, seed=config.seed if seed is None else seed,
+                            start_epoch=start_epoch, start_batch=start_batch, group_by_length=group_by_length,
+                            shuffle=config.shuffle)
+
+
+def items_used(config: SupervisedConfig, lengths: list[int], *, world: int, seed: int | None = None,
+               group_by_length: bool = True) -> list[int]:
+    """Every item :func:`train_loop` will train on, from its first step to its last (with the same
+    arguments): the batches are deterministic, so a stage can prepare exactly those (e.g. reference
+    log-probs) before training."""
+    stream = batch_stream(config, lengths, world=world, seed=seed, group_by_length=group_by_length)
+    used: set[int] = set()
+    for _ in range(config.total_steps(len(lengths), processes=world) * config.gradient_accumulation_steps):
+        used.update(next(stream)[2])
+        if len(used) == len(lengths):
+            break
+    return sorted(used)
+
+
 def train_loop(config: SupervisedConfig, accelerator, model, optimizer, scheduler, *, name: str,
                out_dir: str | Path, lengths: list[int], step_fn: StepFn, weight_fn: Callable[[list[int]], float],
                eval_fn: Callable[[Any], dict] | None = None, seed: int | None = None, group_by_length: bool = True,
@@ -112,10 +138,8 @@ def train_loop(config: SupervisedConfig, accelerator, model, optimizer, schedule
               first_metrics=first_metrics, checkpoints=not distributed.is_sharded(accelerator))
     state = run.state
     # every rank draws the same GLOBAL batches (world × batch_size examples) and trains on its shard
-    stream = infinite_batches(lengths, batch_size=config.batch_size * world,
-                              seed=config.seed if seed is None else seed,
-                              start_epoch=state.epoch, start_batch=state.batch_in_epoch,
-                              group_by_length=group_by_length)
+    stream = batch_stream(config, lengths, world=world, seed=seed, group_by_length=group_by_length,
+                          start_epoch=state.epoch, start_batch=state.batch_in_epoch)
     window: dict[str, float] = {}
     window_weight, window_start, window_items = 0.0, time.time(), 0
     model.train()

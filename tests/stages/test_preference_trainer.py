@@ -134,31 +134,50 @@ def fresh_logps(model, seq):
 
 def test_cached_reference_equals_fresh_and_is_reused(tiny_model_dir, prefs, tmp_path, monkeypatch):
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.train.supervised import items_used
 
     out = tmp_path / "dpo"
     config = make(DPOConfig, tiny_model_dir, prefs, out, max_steps=2)
     run_dpo(config)
-    blob = torch.load(out / P.REFERENCE_FILE, weights_only=True)
     splits, _ = P.load_splits(config, dpo_objective(config), load_tokenizer(tiny_model_dir))
     assert len(splits["eval"]) == 3  # 5% of 60 records held out
+    # only what the run uses: its 2 batches of at most 8 pairs (of 57 train pairs) and the 3 held-out pairs
+    used = items_used(config, [len(ex) for ex in splits["train"]], world=1)
+    assert 0 < len(used) <= 16 and metrics(out)[0]["data/reference_computed"] == len(used) + 3
+    namespace, _ = D.reference_namespace(model=str(tiny_model_dir), precision=config.precision)
+    store = D.load_reference_store(out / P.REFERENCE_FILE, namespace)
     model = load_causal_lm(tiny_model_dir).eval()
     with torch.no_grad():
-        for split, examples in splits.items():
+        for split, indices in (("train", used), ("eval", [0, 1, 2])):
             for role in ("chosen", "rejected"):
-                fresh = torch.tensor([fresh_logps(model, ex.seqs[role]) for ex in examples])
-                assert torch.allclose(blob["logps"][split][role], fresh, atol=1e-4), (split, role)
-                counts = torch.tensor([float(len(ex.seqs[role][1])) for ex in examples])
-                assert torch.equal(blob["counts"][split][role], counts)
+                seqs = [splits[split][i].seqs[role] for i in indices]
+                cached = torch.tensor([store[D.sequence_key(seq)][0] for seq in seqs])
+                fresh = torch.tensor([fresh_logps(model, seq) for seq in seqs])
+                assert torch.allclose(cached, fresh, atol=1e-4), (split, role)
+                counts = torch.tensor([store[D.sequence_key(seq)][1] for seq in seqs])
+                assert torch.equal(counts, torch.tensor([float(len(seq[1])) for seq in seqs]))
+    # nothing else: the file holds exactly the distinct sequences of those pairs
+    wanted = {D.sequence_key(seq) for split, indices in (("train", used), ("eval", [0, 1, 2]))
+              for i in indices for seq in splits[split][i].seqs.values()}
+    assert set(store) == wanted
 
-    # a rerun reuses the cache; a different length setting recomputes it
+    # a rerun reuses the cache; a longer run computes only the pairs it adds; another length setting recomputes
     def fail(*args, **kwargs):
         raise AssertionError("reference recomputed although the cache matches")
 
+    compute = D.compute_reference
     monkeypatch.setattr(D, "compute_reference", fail)
     run_dpo(config)
     assert metrics(out)[0]["data/reference_from_cache"] == 1
     with pytest.raises(AssertionError, match="recomputed"):
         run_dpo(make(DPOConfig, tiny_model_dir, prefs, out, max_steps=2, max_length=40))
+    monkeypatch.setattr(D, "compute_reference", compute)
+    longer = make(DPOConfig, tiny_model_dir, prefs, out, max_steps=4)
+    run_dpo(longer)
+    more = items_used(longer, [len(ex) for ex in splits["train"]], world=1)
+    new = [i for i in more if any(D.sequence_key(seq) not in store for seq in splits["train"][i].seqs.values())]
+    assert set(new) <= set(more) - set(used) and new  # pairs repeated in the data are cached already
+    assert metrics(out)[0]["data/reference_computed"] == len(new)
 
 
 def test_reference_free_methods_write_no_cache(tiny_model_dir, prefs, tmp_path):
@@ -298,8 +317,8 @@ def test_config_validation_names_the_field():
 
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config(DPOConfig, None, ["model=m", "data=d", "loss_type=ipo", "label_smoothing=0.1"])
-    with pytest.raises(ConfigError, match="precompute_ref_logps"):
-        load_config(KTOConfig, None, ["model=m", "data=d", "precompute_ref_logps=false"])
+    # precompute_ref_logps=false without LoRA is allowed: a frozen copy of the model is the reference
+    assert not load_config(KTOConfig, None, ["model=m", "data=d", "precompute_ref_logps=false"]).precompute_ref_logps
     with pytest.raises(ConfigError, match="loss_type"):
         load_config(DPOConfig, None, ["model=m", "data=d", "loss_type=exo"])
 

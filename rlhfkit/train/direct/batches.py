@@ -5,9 +5,11 @@ log-prob forward, and the reference log-prob cache. Not here: the methods' losse
 
 An :class:`Example` holds named token sequences ("roles"): ``chosen`` and ``rejected`` for a pair,
 ``completion`` and ``kl`` (its prompt with another example's completion, KTO's reference point) for
-an unpaired example. Every role's reference log-prob is computed ONCE, before training, and stored
-in ``output_dir/reference_logps.pt`` under a key that changes whenever the model, the data or the
-length settings do; training never keeps a reference model in memory.
+an unpaired example. The reference log-prob of every sequence a run will use (the examples its
+batches touch, and the held-out ones) is computed ONCE, before training, and stored in
+``output_dir/reference_logps.pt`` under the hash of its token ids (:func:`sequence_key`), in a
+namespace of the model and precision: a rerun, a resumed run or a longer one computes only the
+sequences the file lacks, and training keeps no reference model in memory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,49 +207,75 @@ def reference_mode(model):
 
 @dataclass
 class ReferenceLogps:
-    """Cached reference log-probs: ``logps[split][role]`` = (N,) sums and ``counts`` the same."""
+    """Reference log-probs of a run's examples: ``logps[split][role]`` = (N,) sums and ``counts`` the
+    same; NaN for an example the run never uses (the cache computes only what the batches touch)."""
 
     logps: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     counts: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
     def select(self, split: str, indices: list[int], device) -> dict[str, RoleLogps]:
         index = torch.tensor(indices, dtype=torch.long)
-        return {role: RoleLogps(self.logps[split][role][index].to(device), self.counts[split][role][index].to(device))
-                for role in self.logps[split]}
+        out = {role: RoleLogps(self.logps[split][role][index], self.counts[split][role][index])
+               for role in self.logps[split]}
+        if any(bool(torch.isnan(r.sum).any()) for r in out.values()):
+            raise RuntimeError(f"reference log-probs of {split} examples {indices} were not computed: the batches "
+                               f"drawn differ from those planned before training (rlhfkit.train.supervised.items_used)")
+        return {role: RoleLogps(r.sum.to(device), r.count.to(device)) for role, r in out.items()}
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes; of the name for something that is not a file (an HF dataset name)."""
-    path = Path(path)
-    if not path.is_file():
-        return hashlib.sha256(str(path).encode()).hexdigest()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sequence_key(seq: Seq) -> str:
+    """The cache key of one tokenised sequence: the sha256 of its (prompt ids, completion ids)."""
+    return hashlib.sha256(json.dumps([list(seq[0]), list(seq[1])]).encode()).hexdigest()
 
 
-def reference_key(*, model: str, data_files: list[str | None], settings: dict,
-                  splits: dict[str, list[Example]]) -> tuple[str, dict]:
-    """The cache key: a hash of the model folder (path and its files' sizes and times), the data
-    files' contents, the length settings and the encoded token ids themselves."""
+def reference_namespace(*, model: str, precision: str) -> tuple[str, dict]:
+    """What besides the tokens decides a reference log-prob: the model folder (path, its files' sizes
+    and times) and the precision. Returns (its hash, the readable description)."""
     model_path = Path(model)
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_path.glob("*") if p.is_file()) \
         if model_path.is_dir() else []
-    tokens = hashlib.sha256()
-    for split in sorted(splits):
-        for ex in splits[split]:
-            tokens.update(json.dumps(sorted(ex.seqs.items())).encode())
     meta = {"model": str(model_path.resolve()) if model_path.exists() else model, "model_files": files,
-            "data": [file_digest(f) for f in data_files if f], "settings": settings, "tokens": tokens.hexdigest()}
+            "precision": precision}
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(), meta
+
+
+CACHE_FORMAT = 2
+"""2: one entry per sequence, keyed by its token hash (1 held whole splits under one key of model and data)"""
+
+
+def load_reference_store(path: Path, namespace: str) -> dict[str, tuple[float, float]]:
+    """sequence key → (sum of log-probs, completion tokens) stored under ``namespace``; empty when
+    the file is missing, of an older format or of another model / precision."""
+    if not path.exists():
+        return {}
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != CACHE_FORMAT or blob.get("namespace") != namespace:
+        log.info("%s holds reference log-probs of another model, precision or format; recomputing", path)
+        return {}
+    return dict(zip(blob["keys"], zip(blob["sums"].tolist(), blob["counts"].tolist())))
+
+
+def save_reference_store(path: Path, namespace: str, meta: dict, store: dict[str, tuple[float, float]]) -> None:
+    keys = sorted(store)
+    blob = {"format": CACHE_FORMAT, "namespace": namespace, "meta": json.dumps(meta), "keys": keys,
+            "sums": torch.tensor([store[k][0] for k in keys], dtype=torch.float64),
+            "counts": torch.tensor([store[k][1] for k in keys], dtype=torch.float64)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)  # a crash mid-save leaves the previous file intact
 
 
 @torch.no_grad()
 def compute_reference(model, splits: dict[str, list[Example]], *, pad_token_id: int, device, batch_size: int,
-                      autocast) -> ReferenceLogps:
-    """Reference log-probs of every role of every example (eval mode, no grad, length-sorted batches)."""
+                      autocast, needed: dict[str, list[int]] | None = None) -> ReferenceLogps:
+    """Reference log-probs of every role of the ``needed`` examples of each split (default: all), in
+    eval mode, no grad; NaN for the others.
+
+    The batches are those of the whole split (each role's sequences sorted by length, cut into
+    ``batch_size``), of which only the needed rows run, with the batch's longest row beside them:
+    every row then has the padded width and company it has when the whole file runs, so a row's
+    numbers are the same whichever others a run needs (in bf16 a batch of other rows changes a log-prob
+    by up to ~0.03 nats; tests/stages/test_reference_modes.py)."""
     was_training = model.training
     model.eval()
     ref = ReferenceLogps()
@@ -254,12 +283,18 @@ def compute_reference(model, splits: dict[str, list[Example]], *, pad_token_id: 
         for split, examples in splits.items():
             ref.logps[split], ref.counts[split] = {}, {}
             roles = list(examples[0].seqs) if examples else []
+            wanted = None if needed is None else set(needed.get(split, []))
             for role in roles:
                 seqs = [ex.seqs[role] for ex in examples]
                 order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
-                sums, counts = torch.zeros(len(seqs)), torch.zeros(len(seqs))
+                sums, counts = torch.full((len(seqs),), math.nan), torch.full((len(seqs),), math.nan)
                 for start in range(0, len(order), batch_size):
                     chunk = order[start: start + batch_size]
+                    if wanted is not None:
+                        rows = [i for i in chunk if i in wanted]
+                        if not rows:
+                            continue
+                        chunk = rows if chunk[-1] in wanted else rows + [chunk[-1]]  # + the longest: same width
                     with autocast():
                         out = completion_logps(model, [seqs[i] for i in chunk], pad_token_id=pad_token_id,
                                                device=device)
@@ -269,16 +304,34 @@ def compute_reference(model, splits: dict[str, list[Example]], *, pad_token_id: 
     return ref
 
 
-def load_or_compute_reference(path: Path, key: str, meta: dict, compute) -> tuple[ReferenceLogps, bool]:
-    """The cached reference log-probs under ``key``, or ``compute()`` saved there. Returns
-    (reference, whether it came from the cache)."""
-    if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("key") == key:
-            return ReferenceLogps(blob["logps"], blob["counts"]), True
-        log.info("%s was computed for another model, data or length setting; recomputing", path)
-    ref = compute()
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "meta": json.dumps(meta), "logps": ref.logps, "counts": ref.counts}, tmp)
-    tmp.replace(path)
-    return ref, False
+def cached_reference(path: Path, *, namespace: str, meta: dict, splits: dict[str, list[Example]],
+                     needed: dict[str, list[int]], compute) -> tuple[ReferenceLogps, int]:
+    """The reference log-probs of the ``needed`` examples: those whose sequences the file at ``path``
+    holds (under ``namespace``) are read from it, the rest computed by ``compute(missing)`` (a
+    :func:`compute_reference` over ``{split: indices}``) and added to the file. Returns (reference,
+    how many examples were computed). Examples computed now keep their own numbers (a sequence that
+    occurs twice is computed twice, in its own batch), so a fresh run gives each example the number
+    the precomputation of the whole file gives it."""
+    store = load_reference_store(path, namespace)
+    missing = {split: [i for i in needed.get(split, []) if any(sequence_key(seq) not in store
+                                                               for seq in splits[split][i].seqs.values())]
+               for split in splits}
+    n_missing = sum(len(v) for v in missing.values())
+    fresh = compute(missing) if n_missing else None
+    ref = ReferenceLogps()
+    for split, examples in splits.items():
+        ref.logps[split], ref.counts[split] = {}, {}
+        computed = set(missing[split])
+        for role in (list(examples[0].seqs) if examples else []):
+            sums, counts = torch.full((len(examples),), math.nan), torch.full((len(examples),), math.nan)
+            for i in needed.get(split, []):
+                key = sequence_key(examples[i].seqs[role])
+                if i in computed:
+                    sums[i], counts[i] = fresh.logps[split][role][i], fresh.counts[split][role][i]
+                    store[key] = (float(sums[i]), float(counts[i]))
+                else:
+                    sums[i], counts[i] = store[key]
+            ref.logps[split][role], ref.counts[split][role] = sums, counts
+    if n_missing:
+        save_reference_store(path, namespace, meta, store)
+    return ref, n_missing

@@ -33,7 +33,9 @@ class DPOConfig(PreferenceConfig):
     use_label_prob: bool = True
     """sigmoid loss: train on each record's label_prob as a soft label; otherwise (and for the other losses) a pair with label_prob < 0.5 is flipped and a tie dropped"""
     precompute_ref_logps: bool = True
-    """compute the reference log-probs once and cache them; false (LoRA only): recompute them every step with the adapter disabled"""
+    """compute the reference log-probs of the examples the run uses once, before training, and cache them by token
+    hash; false: compute them in every step, with the LoRA adapter disabled or (without LoRA) by a frozen copy of the
+    initial model kept in memory"""
 
     def validate(self) -> None:
         super().validate()
@@ -41,8 +43,6 @@ class DPOConfig(PreferenceConfig):
         require(0.0 <= self.label_smoothing < 0.5, "label_smoothing must lie in [0, 0.5)")
         require(self.label_smoothing == 0.0 or self.loss_type in ("sigmoid", "robust"),
                 f"label_smoothing applies to loss_type sigmoid or robust, not {self.loss_type}")
-        require(self.precompute_ref_logps or self.lora.r > 0,
-                "precompute_ref_logps=false needs LoRA (lora.r > 0): the reference is the model with its adapter disabled")
 
 
 def dpo_objective(config: DPOConfig) -> Objective:

@@ -31,14 +31,14 @@ class KTOConfig(PreferenceConfig):
     undesirable_weight: float = 1.0
     """λ_U, weight of undesirable examples (the paper recommends λ_D·n_D / (λ_U·n_U) in [1, 4/3])"""
     precompute_ref_logps: bool = True
-    """compute the reference log-probs once and cache them; false (LoRA only): recompute them every step with the adapter disabled"""
+    """compute the reference log-probs of the examples the run uses once, before training, and cache them by token
+    hash; false: compute them in every step, with the LoRA adapter disabled or (without LoRA) by a frozen copy of the
+    initial model kept in memory"""
 
     def validate(self) -> None:
         super().validate()
         require(self.beta > 0, "beta must be positive")
         require(self.desirable_weight > 0 and self.undesirable_weight > 0, "KTO weights must be positive")
-        require(self.precompute_ref_logps or self.lora.r > 0,
-                "precompute_ref_logps=false needs LoRA (lora.r > 0): the reference is the model with its adapter disabled")
 
 
 def kto_objective(config: KTOConfig) -> Objective:

@@ -13,9 +13,13 @@ forward and the reference cache live in :mod:`rlhfkit.train.direct.batches`.
 ``run_dpo`` / ``run_orpo`` / ``run_simpo`` / ``run_kto`` → :func:`train_preference`:
 
 1. load the records (pairwise or ranking; KTO also unpaired), hold out ``eval_fraction``, encode;
-2. reference log-probs of every sequence, ONCE, with the initial model in eval mode (with LoRA: the
-   adapter disabled), cached in ``output_dir/reference_logps.pt`` (reused by a rerun and by
-   ``--resume``); no reference model stays in memory. ORPO and SimPO need none;
+2. reference log-probs of the sequences the run will use (the examples its batches touch, known
+   before training, and the held-out ones), ONCE, with the initial model in eval mode (with LoRA:
+   the adapter disabled), cached by token hash in ``output_dir/reference_logps.pt`` (a rerun,
+   ``--resume`` or a longer run computes only what the file lacks); no reference model stays in
+   memory. With ``precompute_ref_logps=false`` they are computed in every step instead, by the model
+   with its LoRA adapter disabled or, without LoRA, by a frozen copy of the initial model kept
+   beside it. ORPO and SimPO need none;
 3. train: per micro-batch one forward over [chosen; rejected], log-probs on completion tokens only,
    the method's loss; logged: rewards/chosen, rewards/rejected, rewards/accuracies,
    rewards/margins, logps/chosen, logps/rejected and the loss's own statistics;
@@ -38,13 +42,13 @@ import torch
 from rlhfkit.data.layouts import LayoutOptions
 from rlhfkit.data.tokenize import TruncationStats
 from rlhfkit.losses import LossOutput
-from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import disable_dropout, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.train.direct import batches
 from rlhfkit.train.direct.batches import Example, ReferenceLogps, RoleLogps
 from rlhfkit.train import distributed
 from rlhfkit.train.run import (MetricsLogger, OptimConfig, enable_gradient_checkpointing, make_accelerator,
                                optimizer_and_schedule, start_run)
-from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
+from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, items_used, train_loop
 
 log = logging.getLogger("rlhfkit")
 
@@ -233,31 +237,39 @@ def train_preference(config: PreferenceConfig, objective: Objective, *, resume: 
     device, pad_id = accelerator.device, tokenizer.pad_token_id
     roles = objective.roles + objective.nograd_roles
 
-    # 2. reference log-probs, once, with the initial weights (before a checkpoint is loaded)
+    # 2. reference log-probs, once, with the initial weights (before a checkpoint is loaded), of what the
+    #    run will use: the examples its batches touch (train_loop's batches are known in advance) and held-out
     cache: ReferenceLogps | None = None
+    frozen = None  # precompute_ref_logps=false without LoRA: a frozen copy of the initial model
     if objective.reference and getattr(config, "precompute_ref_logps", True):
-        key, meta = batches.reference_key(model=config.model, data_files=[config.data, config.eval_data],
-                                          settings={"max_length": config.max_length,
-                                                    "max_prompt_length": config.max_prompt_length,
-                                                    "precision": config.precision, "roles": list(roles)},
-                                          splits=splits)
+        namespace, meta = batches.reference_namespace(model=config.model, precision=config.precision)
+        needed = {"train": items_used(config, [len(ex) for ex in train], world=accelerator.num_processes),
+                  "eval": list(range(len(held)))}
         # with several processes the main one computes and writes the cache first, then the others read it
         with accelerator.main_process_first():
-            cache, cached = batches.load_or_compute_reference(
-                out_dir / REFERENCE_FILE, key, meta,
-                lambda: batches.compute_reference(distributed.unwrap(accelerator, model), splits, pad_token_id=pad_id,
-                                                  device=device, batch_size=2 * config.batch_size,
-                                                  autocast=accelerator.autocast))
-        first_metrics["data/reference_from_cache"] = int(cached)
-        print(f"reference log-probs {'reused from' if cached else 'computed and cached in'} {out_dir / REFERENCE_FILE}")
+            cache, computed = batches.cached_reference(
+                out_dir / REFERENCE_FILE, namespace=namespace, meta=meta, splits=splits, needed=needed,
+                compute=lambda missing: batches.compute_reference(
+                    distributed.unwrap(accelerator, model), splits, pad_token_id=pad_id, device=device,
+                    batch_size=2 * config.batch_size, autocast=accelerator.autocast, needed=missing))
+        first_metrics["data/reference_from_cache"] = int(computed == 0)
+        first_metrics["data/reference_computed"] = computed
+        print(f"reference log-probs: {computed} of {len(needed['train']) + len(needed['eval'])} examples computed, "
+              f"the rest reused from {out_dir / REFERENCE_FILE}")
+    elif objective.reference and not is_peft(distributed.unwrap(accelerator, model)):
+        frozen = load_causal_lm(config.model).to(device).eval().requires_grad_(False)
+        disable_dropout(frozen)
 
     def reference(split: str, indices: list[int], batch: list[Example]) -> Logps | None:
         if not objective.reference:
             return None
         if cache is not None:
             return cache.select(split, indices, device)
-        with torch.no_grad(), batches.reference_mode(distributed.unwrap(accelerator, model)):  # LoRA: adapter off
-            return batches.batch_logps(model, batch, roles, pad_token_id=pad_id, device=device)
+        with torch.no_grad():
+            if frozen is not None:
+                return batches.batch_logps(frozen, batch, roles, pad_token_id=pad_id, device=device)
+            with batches.reference_mode(distributed.unwrap(accelerator, model)):  # LoRA: adapter off
+                return batches.batch_logps(model, batch, roles, pad_token_id=pad_id, device=device)
 
     def forward(model, split: str, indices: list[int]) -> tuple[LossOutput, Logps, Logps | None, list[Example]]:
         batch = [splits[split][i] for i in indices]

@@ -30,7 +30,7 @@ from rlhfkit.ops import LossAggregation, group_advantages, kl_estimate
 from rlhfkit.train import distributed
 from rlhfkit.train.rl.offpolicy import tis_advantages
 from rlhfkit.train.rl.policy import Outputs
-from rlhfkit.train.rl.rollout import Experience, chunk_seed, collect, objective_metrics
+from rlhfkit.train.rl.rollout import Experience, chunk_seed, collect, complete_experience, objective_metrics
 from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
 from rlhfkit.train.rl.update import optimise
 from rlhfkit.train.run import enable_gradient_checkpointing, make_accelerator, optimizer_and_schedule, process_count
@@ -53,6 +53,15 @@ class GroupConfig(RLConfig):
     num_minibatches: int = 1
     """optimiser steps per pass (advantages are computed on the whole batch first, so rows of one
     group may land in different minibatches)"""
+
+    @property
+    def old_logprobs_from_update(self) -> bool:
+        """Skip the old-policy pass and take the old log-probs from the update's forward, detached (TRL
+        does the same): when the batch serves one update, nothing needs them before it (no KL in the
+        reward, no TIS weights) and dropout is off (the rollout-time pass runs without it)."""
+        kl_before_update = self.kl_in == "reward" and self.kl_coef > 0
+        return (self.one_update_per_batch and self.disable_dropout and not kl_before_update
+                and not self.rollout.tis_cap)
 
     def validate(self, *, extra_rewards: int = 0) -> None:
         super().validate(extra_rewards=extra_rewards)
@@ -97,16 +106,28 @@ def sequence_advantages(config: GRPOConfig, rewards: torch.Tensor) -> torch.Tens
     return group_advantages(rewards, group_size=config.num_generations, scale_by_std=config.scale_by_std)
 
 
+def kl_of(exp: Experience, config: GroupConfig) -> torch.Tensor | None:
+    """Per-token KL(π ‖ π_ref) of the rollout (B, R): k3 when it goes in the loss, else the chosen
+    estimator; None when either side was not computed (yet)."""
+    if exp.logprobs is None or exp.ref_logprobs is None:
+        return None
+    estimator = "k3" if config.kl_in == "loss" else config.kl_estimator
+    return kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=estimator) * exp.mask
+
+
 # ---------------------------------------------------------------- loss
 
 
 def clipped_loss(out: Outputs, exp: Experience, idx: torch.Tensor, advantages: torch.Tensor,
                  config: GroupConfig) -> tuple[torch.Tensor, dict]:
     """The clipped surrogate of rows ``idx`` with each response's advantage on every token, plus
-    kl_coef · k3 KL to the reference when ``kl_in=loss`` (Shao et al. 2024 eq. 3–4)."""
+    kl_coef · k3 KL to the reference when ``kl_in=loss`` (Shao et al. 2024 eq. 3–4). Without old
+    log-probs (the old-policy pass skipped) they are this forward's own, detached: ratio 1, and the
+    gradient A·∇log π, as with a recomputed copy of the same numbers."""
     kl_loss_coef = config.kl_coef if config.kl_in == "loss" else 0.0  # 0: no reference in the loss
     ref = exp.ref_logprobs[idx] if kl_loss_coef else None
-    result = grpo_policy_loss(out.logprobs, exp.logprobs[idx], advantages[idx], exp.mask[idx],
+    old = exp.logprobs[idx] if exp.logprobs is not None else out.logprobs.detach()
+    result = grpo_policy_loss(out.logprobs, old, advantages[idx], exp.mask[idx],
                               cliprange=config.cliprange, kl_coef=kl_loss_coef, ref_logprobs=ref, **config.aggregation)
     stats = {("policy/kl_k3" if k == "kl" else k): v for k, v in result.stats.items()}
     return result.losses.mean(), stats
@@ -144,31 +165,43 @@ def run_group(config: GroupConfig, name: str, advantages_fn: Callable[[GroupConf
     while not run.done:
         batch_prompts, batch_ids = run.next_prompts(setup.prompts, setup.prompt_ids, repeat=n)
         # 1. generate n responses per prompt (this rank's prompts), 2. score them, 3. old-policy and
-        #    reference log-probs
+        #    reference log-probs (each only when needed: see GroupConfig.old_logprobs_from_update, log_kl)
         first_row, step = run.rank * config.batch_size, run.state.step
+        reuse = config.old_logprobs_from_update
         exp = collect(setup.actor, setup.reference, setup.generator, setup.tokenizer, setup.reward, batch_prompts,
                       batch_ids, config, gold_fn=setup.gold_fn,
-                      seed_of=(lambda row: chunk_seed(config.seed, step, first_row + row)) if seeded else None)
+                      seed_of=(lambda row: chunk_seed(config.seed, step, first_row + row)) if seeded else None,
+                      old_logprobs=not reuse, with_reference=config.needs_reference)
         mask = exp.mask
-        kl_estimator = "k3" if config.kl_in == "loss" else config.kl_estimator
-        kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=kl_estimator) * mask  # (B, R)
 
         # 4. group advantages from the (KL-penalised when kl_in=reward) sequence rewards; groups stay on
         #    one rank, the whitening's mean and std are over all ranks
-        rewards = sequence_scores(exp.scores, kl, mask, kl_coef=config.kl_coef, kl_in=config.kl_in)
+        kl = kl_of(exp, config)  # (B, R); None until the update when the old-policy pass was skipped
+        rewards = exp.scores if kl is None else sequence_scores(exp.scores, kl, mask, kl_coef=config.kl_coef,
+                                                                 kl_in=config.kl_in)
         advantages = advantages_fn(config, rewards)  # (B,)
         if config.whiten_advantages:
             advantages = distributed.global_whiten(advantages, accelerator)
         advantages = tis_advantages(advantages, exp.tis_weights)  # rollout.tis_cap: (B, R), TIS (Yao et al. 2025)
+
+        # 5. epochs over shuffled minibatches of the clipped surrogate (+ k3 KL when kl_in=loss); when the
+        #    old-policy pass was skipped, the update's forward gives the old log-probs and the entropy
+        seen = {"logprobs": torch.zeros_like(mask), "entropy": torch.zeros_like(mask)}
+
+        def record(idx, out):
+            seen["logprobs"][idx], seen["entropy"][idx] = out.logprobs.detach(), out.entropy
+
+        update = optimise(setup.actor, exp, config, optimizer, scheduler, run.shuffle,
+                          lambda out, idx: clipped_loss(out, exp, idx, advantages, config), values=False,
+                          accelerator=accelerator, wrapped=wrapped, on_forward=record if reuse else None)
+        if reuse:
+            complete_experience(exp, seen["logprobs"], seen["entropy"])
+            kl = kl_of(exp, config)
         metrics = objective_metrics(exp, kl, kl_coef=config.kl_coef)
         groups = exp.scores.view(-1, n)
         metrics["objective/group_std"] = float(groups.std(1).mean())
         metrics["objective/zero_std_fraction"] = float((groups.std(1) == 0).float().mean())
-
-        # 5. epochs over shuffled minibatches of the clipped surrogate (+ k3 KL when kl_in=loss)
-        metrics.update(optimise(setup.actor, exp, config, optimizer, scheduler, run.shuffle,
-                                lambda out, idx: clipped_loss(out, exp, idx, advantages, config), values=False,
-                                accelerator=accelerator, wrapped=wrapped))
+        metrics.update(update)
 
         # 6. log (means over ranks: each holds batch_size responses) and checkpoint
         run.end_step(distributed.reduce_stats(accelerator, metrics),

@@ -87,6 +87,12 @@ class PPOConfig(RLConfig):
     ptx_batch_size: int = 8
     """SFT examples per micro-batch for the ptx loss"""
 
+    @property
+    def needs_reference(self) -> bool:
+        """The KL penalty, logging it (``log_kl``), or an adaptive controller (it reads the KL) need the
+        reference. (The old-policy pass always runs: it gives the values GAE needs before the update.)"""
+        return self.kl_coef > 0 or self.log_kl or self.target_kl is not None
+
     def validate(self, *, extra_rewards: int = 0) -> None:
         super().validate(extra_rewards=extra_rewards)
         require(self.value_model != "reward" or self.reward.model is not None,
@@ -217,7 +223,8 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
         seeded = config.rollout_seed_per_chunk or accelerator is not None
         exp = collect(actor, setup.reference, setup.generator, tokenizer, setup.reward, batch_prompts, batch_ids,
                       config, gold_fn=setup.gold_fn,
-                      seed_of=(lambda row: chunk_seed(config.seed, step, first_row + row)) if seeded else None)
+                      seed_of=(lambda row: chunk_seed(config.seed, step, first_row + row)) if seeded else None,
+                      with_reference=config.needs_reference)
         mask = exp.mask
         scores = exp.scores
         if config.normalize_scores:  # running statistics of every rank's scores
@@ -227,8 +234,10 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
             scores = scores.clamp(-config.score_clip, config.score_clip)
 
         # 3b. per-token KL-penalised rewards
-        kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=config.kl_estimator) * mask  # (B, R)
-        rewards = token_rewards(exp, scores, kl, kl_coef=kl_ctl.value)
+        kl = None  # not computed: kl_coef = 0 and log_kl off (PPOConfig.needs_reference)
+        if exp.ref_logprobs is not None:
+            kl = kl_estimate(exp.logprobs, exp.ref_logprobs, estimator=config.kl_estimator) * mask  # (B, R)
+        rewards = token_rewards(exp, scores, torch.zeros_like(mask) if kl is None else kl, kl_coef=kl_ctl.value)
         if config.whiten_rewards:
             rewards = distributed.global_masked_whiten(rewards, mask, accelerator, shift_mean=False)
 
@@ -253,7 +262,8 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fns: Sequence[Cal
         metrics = distributed.reduce_stats(accelerator, metrics)  # means over ranks (equal batches)
 
         # 6. KL controller (Ziegler et al. 2019 §2.2: n_steps = responses in the batch of all ranks), log, checkpoint
-        kl_ctl.update(metrics["objective/kl"], len(exp.responses) * process_count())
+        if "objective/kl" in metrics:  # always, unless kl_coef = 0 without an adaptive controller
+            kl_ctl.update(metrics["objective/kl"], len(exp.responses) * process_count())
         run.end_step(metrics, show=("objective/scores", "gold/reward", "objective/kl", "objective/kl_coef"))
     run.close()
     return distributed.save_final(accelerator, setup.policy, tokenizer, setup.out_dir / "final",

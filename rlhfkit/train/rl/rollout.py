@@ -2,6 +2,14 @@
 penalty) → old-policy and reference log-probs (and values), chunked by ``forward_batch_size``; and
 the objective/* metrics of that batch.
 
+Two passes are skipped when nothing needs them (:func:`collect`'s ``old_logprobs`` and ``with_reference``):
+- the old-policy pass, when the batch serves exactly one optimiser update (GRPO / RLOO with
+  num_ppo_epochs = num_minibatches = 1): the update's own forward runs on the same weights, so its
+  detached log-probs ARE the old ones (ratio 1 by construction); :func:`complete_experience` fills
+  them in afterwards for the metrics;
+- the reference pass, when the KL coefficient is 0 and ``log_kl`` is off: objective/kl is then not
+  logged at all (absent, not 0), since it was not computed.
+
 Not here: the models (:mod:`.policy`), where rewards come from (:mod:`.reward_sources`), what a
 method makes of the experience (:mod:`.ppo`, :mod:`.grpo`, :mod:`.rloo`).
 """
@@ -36,9 +44,9 @@ class Experience:
     mask: torch.Tensor  # (B, R) float, 1 on response tokens up to and including EOS
     has_eos: torch.Tensor  # (B,) bool
     scores: torch.Tensor  # (B,) reward after the missing-EOS penalty
-    logprobs: torch.Tensor  # (B, R) policy at rollout time (training forward)
-    ref_logprobs: torch.Tensor  # (B, R)
-    entropy: torch.Tensor  # (B, R)
+    logprobs: torch.Tensor | None  # (B, R) policy at rollout time (training forward); None until the update
+    ref_logprobs: torch.Tensor | None  # (B, R); None when the reference pass was skipped (no KL needed)
+    entropy: torch.Tensor | None  # (B, R); None with logprobs
     values: torch.Tensor | None  # (B, R)
     gold: torch.Tensor | None  # (B,)
     stats: dict[str, float]
@@ -81,10 +89,17 @@ def _chunks(n: int, size: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def collect(actor: ActorCritic, reference: Reference, generator, tokenizer, reward: RewardSource,
             prompts: list, prompt_ids: list[list[int]], config: RLConfig, *,
-            gold_fn: Callable | None = None, seed_of: Callable[[int], int] | None = None) -> Experience:
+            gold_fn: Callable | None = None, seed_of: Callable[[int], int] | None = None,
+            old_logprobs: bool = True, with_reference: bool = True) -> Experience:
     """Steps 1–3 of every online method: generate, score (+ missing-EOS penalty), old-policy and
     reference log-probs and values — all without gradients. ``seed_of(row)``, when given, seeds each
-    generation chunk by its first row (:func:`generate_seeded`); otherwise the global RNG runs on."""
+    generation chunk by its first row (:func:`generate_seeded`); otherwise the global RNG runs on.
+
+    ``old_logprobs=False`` skips the old-policy pass (exp.logprobs and entropy stay None until
+    :func:`complete_experience`; not with a value function, whose values the pass computes);
+    ``with_reference=False`` skips the reference pass (exp.ref_logprobs is None)."""
+    if not old_logprobs and actor.has_values:
+        raise ValueError("collect: the values come from the old-policy pass, which cannot be skipped")
     device = next(actor.policy.parameters()).device
     timings: dict[str, float] = {}
     # 1. generate (KV cache, left-padded prompts, stop at EOS, cut after the first EOS)
@@ -112,34 +127,54 @@ def collect(actor: ActorCritic, reference: Reference, generator, tokenizer, rewa
     actor.train(False)
     for idx in _chunks(B, config.forward_batch_size):
         with autocast(config.precision):
-            out = actor.forward(ids[idx], attn[idx], comp[idx], P, temperature=config.sampling.temperature,
-                                entropy=True)
-            ref = reference.logprobs(actor.policy, ids[idx], attn[idx], comp[idx], P,
-                                     temperature=config.sampling.temperature)
-        parts["logprobs"].append(out.logprobs)
-        parts["entropy"].append(out.entropy)
-        parts["ref"].append(ref)
-        if out.values is not None:
-            parts["values"].append(out.values)
+            if old_logprobs:
+                out = actor.forward(ids[idx], attn[idx], comp[idx], P, temperature=config.sampling.temperature,
+                                    entropy=True)
+                parts["logprobs"].append(out.logprobs)
+                parts["entropy"].append(out.entropy)
+                if out.values is not None:
+                    parts["values"].append(out.values)
+            if with_reference:
+                parts["ref"].append(reference.logprobs(actor.policy, ids[idx], attn[idx], comp[idx], P,
+                                                       temperature=config.sampling.temperature))
     timings["time/reference"] = time.time() - t
     mask = rollout.response_mask.to(device).float()
-    logprobs, sampler = torch.cat(parts["logprobs"]) * mask, rollout.logprobs.to(device) * mask
-    stats.update(logprob_gap(sampler, logprobs, mask))  # sampler vs trainer (other engine, stale weights)
+    sampler = rollout.logprobs.to(device) * mask
+    logprobs = torch.cat(parts["logprobs"]) * mask if old_logprobs else None
+    if logprobs is not None:
+        stats.update(logprob_gap(sampler, logprobs, mask))  # sampler vs trainer (other engine, stale weights)
     stats.update(getattr(generator, "last_stats", {}))  # a server's weights version, waits, sync time
+    if config.rollout.tis_cap and logprobs is None:
+        raise ValueError("collect: rollout.tis_cap weighs the loss by the old log-probs; keep the old-policy pass")
     return Experience(
         prompts=list(prompts), responses=responses, input_ids=ids, attention_mask=attn, completion_mask=comp,
         context_length=P, mask=mask, has_eos=rollout.has_eos.to(device), scores=scores.to(device),
-        logprobs=logprobs, ref_logprobs=torch.cat(parts["ref"]) * mask,
-        entropy=torch.cat(parts["entropy"]) * mask,
+        logprobs=logprobs, ref_logprobs=torch.cat(parts["ref"]) * mask if with_reference else None,
+        entropy=torch.cat(parts["entropy"]) * mask if old_logprobs else None,
         values=torch.cat(parts["values"]) * mask if parts["values"] else None,
         gold=gold, stats=stats, timings=timings, sampler_logprobs=sampler,
         tis_weights=tis_weights(logprobs, sampler, mask, cap=config.rollout.tis_cap) if config.rollout.tis_cap else None,
     )
 
 
-def objective_metrics(exp: Experience, kl: torch.Tensor, *, kl_coef: float) -> dict[str, float]:
+def complete_experience(exp: Experience, logprobs: torch.Tensor, entropy: torch.Tensor) -> None:
+    """Fill in the old-policy log-probs and entropy that :func:`collect` skipped (``old_logprobs=False``)
+    from the update's own forward pass, detached, which ran on the weights of the rollout; and the
+    sampler / trainer gap they give. Shapes: (B, R) each."""
+    exp.logprobs, exp.entropy = logprobs.detach() * exp.mask, entropy.detach() * exp.mask
+    exp.stats.update(logprob_gap(exp.sampler_logprobs, exp.logprobs, exp.mask))
+
+
+def objective_metrics(exp: Experience, kl: torch.Tensor | None, *, kl_coef: float) -> dict[str, float]:
     """The objective/* metrics (names as in TRL / "N implementation details"): per-sequence sums of
-    the per-token KL ``kl`` (B, R) and entropy, scores, the KL-penalised RLHF reward, lengths, EOS."""
+    the per-token KL ``kl`` (B, R) and entropy, scores, the KL-penalised RLHF reward, lengths, EOS.
+    ``kl`` None (not computed: kl_coef = 0 and log_kl off): objective/kl is left out, and the penalty
+    β·KL is exactly 0."""
+    computed = kl is not None
+    if kl is None:
+        if kl_coef != 0:
+            raise ValueError("objective_metrics: the KL is needed when kl_coef is not 0")
+        kl = torch.zeros_like(exp.mask)
     seq_kl = (kl * exp.mask).sum(1)  # (B,)
     lengths = exp.mask.sum(1)
     metrics = {
@@ -156,4 +191,6 @@ def objective_metrics(exp: Experience, kl: torch.Tensor, *, kl_coef: float) -> d
     }
     if exp.gold is not None:
         metrics["gold/reward"] = float(exp.gold.mean())
+    if not computed:
+        del metrics["objective/kl"]
     return metrics

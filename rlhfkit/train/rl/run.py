@@ -86,6 +86,9 @@ class RLConfig(RunConfig):
     """PPO ratio clip ε (Schulman et al. 2017)"""
     kl_coef: float = 0.05
     """coefficient β of the KL(policy ‖ reference) penalty"""
+    log_kl: bool = True
+    """compute and log objective/kl even when kl_coef is 0 (a reference pass per batch); false skips the
+    reference pass when nothing else needs it, and objective/kl is then not logged"""
     loss_aggregation: LossAggregation = "token_mean"
     """how per-token losses become one: token_mean (every token of the minibatch weighs the same),
     seq_mean_token_mean (mean per response, then over responses: GRPO), seq_sum_norm (token sums over
@@ -106,6 +109,17 @@ class RLConfig(RunConfig):
     """seed each generation chunk (``sampling.batch_size`` prompts) from (seed, iteration, its first row in the
     global batch), so the samples do not depend on the number of processes; always on with several
     processes (each rank then samples its own noise), off by default in one process (one RNG stream)"""
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether each batch needs the reference log-probs: for the KL penalty, or to log the KL."""
+        return self.kl_coef > 0 or self.log_kl
+
+    @property
+    def one_update_per_batch(self) -> bool:
+        """Each rollout batch serves exactly one optimiser update (one epoch of one minibatch): that
+        update's forward runs on the rollout's weights, so its detached log-probs are the old ones."""
+        return self.num_ppo_epochs == 1 and self.num_minibatches == 1
 
     @property
     def minibatch_size(self) -> int:
@@ -129,6 +143,7 @@ class RLConfig(RunConfig):
         self.reward.validate(callables=extra_rewards)
         require(self.total_steps > 0 and self.batch_size > 0, "total_steps and batch_size must be positive")
         require(self.num_ppo_epochs > 0, "num_ppo_epochs must be positive")
+        self.optim.validate()
         require(self.num_minibatches > 0 and self.batch_size % self.num_minibatches == 0,
                 f"batch_size ({self.batch_size}) must be divisible by num_minibatches ({self.num_minibatches})")
         mb = self.minibatch_size

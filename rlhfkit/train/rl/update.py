@@ -76,7 +76,8 @@ def micro_batch_weights(micro_batches: list[torch.Tensor], mask: torch.Tensor, l
 
 
 def optimise(actor: ActorCritic, exp: Experience, config: RLConfig, optimizer, scheduler, shuffle: torch.Generator,
-             loss_fn: Callable, *, values: bool, accelerator=None, wrapped=None) -> dict[str, float]:
+             loss_fn: Callable, *, values: bool, accelerator=None, wrapped=None,
+             on_forward: Callable | None = None) -> dict[str, float]:
     """Step 5 of every method: ``num_ppo_epochs`` × shuffled minibatches (one optimiser step each) ×
     ``gradient_accumulation_steps`` micro-batches. ``loss_fn(out, idx) -> (loss, stats)`` gets the
     policy's :class:`Outputs` for rows ``idx``. Returns the minibatch-mean statistics (and the first
@@ -84,7 +85,10 @@ def optimise(actor: ActorCritic, exp: Experience, config: RLConfig, optimizer, s
 
     With several processes (``accelerator`` and ``wrapped``, the policy as ``accelerator.prepare``
     wrapped it) each micro-batch's forward runs through the wrapper and DDP all-reduces the gradients
-    on the minibatch's last micro-batch only (``no_sync`` before it)."""
+    on the minibatch's last micro-batch only (``no_sync`` before it).
+
+    ``on_forward(idx, out)``, when given, sees every micro-batch's outputs, with the entropy (the loops
+    that skipped the old-policy pass read their log-probs and entropy from it)."""
     t = time.time()
     window = StatsWindow()
     actor.train(True)
@@ -95,7 +99,10 @@ def optimise(actor: ActorCritic, exp: Experience, config: RLConfig, optimizer, s
             def micro_loss(_policy, idx=idx):  # _policy is actor.policy (through the wrapper when distributed)
                 with autocast(config.precision):
                     out = actor.forward(**exp.rows(idx), context_length=exp.context_length,
-                                        temperature=config.sampling.temperature, values=values)
+                                        temperature=config.sampling.temperature, values=values,
+                                        entropy=on_forward is not None)
+                    if on_forward is not None:
+                        on_forward(idx, out)
                     return loss_fn(out, idx)
 
             if wrapped is None:
