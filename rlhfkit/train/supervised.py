@@ -56,12 +56,16 @@ class SupervisedConfig(RunConfig):
     """optimiser steps between metric lines"""
     eval_every: int = 0
     """optimiser steps between evaluations (0: only at the end)"""
+    shuffle: bool = True
+    """draw batches in a random order (seeded); false: the training records in file order, every epoch,
+    without length grouping (to match another trainer's order exactly; eval_fraction still holds some out)"""
 
     def validate(self) -> None:
         require(bool(self.model), "model: set the model folder to start from (model=path)")
         require(bool(self.data), "data: set the training data (data=path.jsonl)")
         require(self.batch_size > 0, "batch_size must be positive")
         require(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be positive")
+        self.optim.validate()
         require(self.max_steps >= 0, "max_steps must be >= 0")
         require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
         require(self.max_length > 1, "max_length must exceed 1")
@@ -115,7 +119,7 @@ def train_loop(config: SupervisedConfig, accelerator, model, optimizer, schedule
     stream = infinite_batches(lengths, batch_size=config.batch_size * world,
                               seed=config.seed if seed is None else seed,
                               start_epoch=state.epoch, start_batch=state.batch_in_epoch,
-                              group_by_length=group_by_length)
+                              group_by_length=group_by_length, shuffle=config.shuffle)
     window: dict[str, float] = {}
     window_weight, window_start, window_items = 0.0, time.time(), 0
     model.train()

@@ -129,6 +129,7 @@ class RLConfig(RunConfig):
         self.reward.validate(callables=extra_rewards)
         require(self.total_steps > 0 and self.batch_size > 0, "total_steps and batch_size must be positive")
         require(self.num_ppo_epochs > 0, "num_ppo_epochs must be positive")
+        self.optim.validate()
         require(self.num_minibatches > 0 and self.batch_size % self.num_minibatches == 0,
                 f"batch_size ({self.batch_size}) must be divisible by num_minibatches ({self.num_minibatches})")
         mb = self.minibatch_size
