@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmarks.workload import BenchSpec, gold_reward
 
 SUPERVISED_LOSS_KEY = "train/loss"
+ONLINE_LOSS_KEY = "loss/total"
 
 
 def missing_options() -> list[str]:
@@ -122,7 +123,7 @@ def read_metrics(path: Path, *, online: bool) -> dict:
     """The step-1 loss and, for online RL, the summed time split from a run's ``metrics.jsonl``."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     first = next((r for r in rows if r.get("step") == 1), {})
-    key = "policy/loss" if online else SUPERVISED_LOSS_KEY
+    key = ONLINE_LOSS_KEY if online else SUPERVISED_LOSS_KEY
     split = {k: sum(float(r.get(k, 0.0)) for r in rows if isinstance(r.get("step"), int)) for k in TIME_KEYS} \
         if online else {}
     return {"step1_loss": first.get(key), "time_split": split}

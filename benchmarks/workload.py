@@ -188,9 +188,11 @@ def _tiny_llama(texts: list[str], out_dir: Path, tiny, *, vocab_size: int, seed:
     tokenizer.save_pretrained(out_dir)
 
 
-def parameter_count(model_dir: str | Path) -> int:
+def parameter_count(model_dir: str | Path, *, matmul_only: bool = False) -> int:
     """Parameters of the model in ``model_dir`` (a causal LM, or a sequence classifier for a reward
-    model; tied embeddings counted once)."""
+    model; tied embeddings counted once). ``matmul_only``: the N of 6·N FLOPs per token, without the
+    input embedding when the model has no LM head to multiply by it (a lookup costs no FLOPs; a tied
+    LM head does, so a causal LM keeps it)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -198,4 +200,7 @@ def parameter_count(model_dir: str | Path) -> int:
     classifier = any("SequenceClassification" in a for a in (config.architectures or []))
     with torch.device("meta"):
         model = (AutoModelForSequenceClassification if classifier else AutoModelForCausalLM).from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    if matmul_only and classifier:
+        total -= model.get_input_embeddings().weight.numel()
+    return total
