@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import statistics
 
+TIME_ORDER = ("time/generate", "time/score", "time/reference", "time/train")
+"""the order of an online step's phases in the PPO row (rlhfkit's ``time/*`` metrics; its reference
+phase holds the old-policy, reference and value forward passes, one chunked loop)"""
+
 
 def samples_per_s(result: dict, *, batch_size: int, steps: int, column: str) -> float:
     """Samples (examples, pairs or responses) per second of a run, by loop time or by user time."""
@@ -33,6 +37,12 @@ def model_flops(tokens: dict, n_params: int) -> float:
 def mfu(result: dict, *, n_params: int, peak_gflops: float) -> float:
     """Model FLOPs utilisation of the timed loop (steps 2..N) against the GEMM peak."""
     return model_flops(result["loop_tokens"], n_params) / result["loop_s"] / (peak_gflops * 1e9)
+
+
+def step_mfu(result: dict, *, n_params: int, peak_gflops: float) -> list[float]:
+    """Model FLOPs utilisation of each timed step (2..N), from its own tokens and time."""
+    return [model_flops(tokens, n_params) / seconds / (peak_gflops * 1e9)
+            for tokens, seconds in zip(result.get("step_tokens", []), result.get("step_s", []))]
 
 
 def median_ratio(ours: list[float], theirs: list[float]) -> float:
@@ -56,6 +66,7 @@ def summarise(algo: str, runs: dict[str, list[dict]], *, batch_size: int, steps:
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
             "step1_loss": results[0].get("step1_loss"),
             "mfu": statistics.median(mfu(r, n_params=n_params[side], peak_gflops=peak_gflops) for r in results),
+            "mfu_steps": [step_mfu(r, n_params=n_params[side], peak_gflops=peak_gflops) for r in results],
             "unmatched": results[0].get("unmatched", []),
         }
         split = [r.get("time_split") or {} for r in results]
@@ -99,14 +110,15 @@ def markdown(header: dict, summaries: list[dict]) -> str:
         a, b = s.get("rlhfkit", {}), s.get("trl", {})
         split = a.get("time_split", {})
         total = sum(split.values()) or float("nan")
-        parts = ", ".join(f"{k.split('/')[-1]} {v / total:.0%}" for k, v in split.items())
+        order = sorted(split, key=lambda k: TIME_ORDER.index(k) if k in TIME_ORDER else len(TIME_ORDER))
+        parts = ", ".join(f"{k.split('/')[-1]} {split[k] / total:.0%}" for k in order)
         lines += ["", "| PPO (rlhfkit) episodes/s | TRL GRPO samples/s | ratio (loop) | ratio (user) | "
                   "RSS rlhfkit MB | RSS TRL GRPO MB | MFU rlhfkit | time split |", "|---|---|---|---|---|---|---|---|",
                   f"| {_f(a.get('samples_per_s'), '.2f')} | {_f(b.get('samples_per_s'), '.2f')} | "
                   f"{_f(s.get('ratio'), '.2f')}× | {_f(s.get('ratio_user'), '.2f')}× | "
                   f"{_f(a.get('peak_rss_mb'), '.0f')} | {_f(b.get('peak_rss_mb'), '.0f')} | "
                   f"{_f(a.get('mfu'), '.1%')} | {parts or '—'} |",
-                  "(time split: generate / score / reference = old-policy, reference and value passes / train)"]
+                  "(time split: generate / score / reference = the old-policy, reference and value passes / train)"]
     unmatched = sorted({u for s in summaries for u in s.get("rlhfkit", {}).get("unmatched", [])})
     if unmatched:
         lines += ["", f"WARNING: this rlhfkit has no {', '.join(unmatched)}: the two sides do NOT do the same work "

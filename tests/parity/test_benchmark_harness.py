@@ -40,6 +40,13 @@ def test_model_flops_and_mfu_by_hand():
     assert matmul_flops(10) == 2000
 
 
+def test_step_mfu_by_hand():
+    # step 2: 100 tokens with gradients × 6 × 1e6 = 6e8 FLOPs in 0.01 s = 60 GFLOP/s of a 120 peak → 50 %
+    # step 3: 50 tokens × 6e6 + 100 tokens without gradients × 2e6 = 5e8 in 0.02 s = 25 GFLOP/s → 20.8 %
+    r = {"step_tokens": [{"grad": 100, "no_grad": 0}, {"grad": 50, "no_grad": 100}], "step_s": [0.01, 0.02]}
+    assert report.step_mfu(r, n_params=1_000_000, peak_gflops=120.0) == pytest.approx([0.5, 25 / 120])
+
+
 def test_median_ratio_pairs_repeats():
     # ratios 2/1 = 2, 3/2 = 1.5, 1/1 = 1 → median 1.5 (not the ratio of medians 2/1 = 2)
     assert report.median_ratio([2.0, 3.0, 1.0], [1.0, 2.0, 1.0]) == pytest.approx(1.5)
@@ -94,6 +101,7 @@ def test_harness_runs_both_sides_on_the_same_work(tmp_path):
             assert 0 < run["loop_s"] < run["user_s"]
             assert run["peak_rss_mb"] > 50
             assert run["loop_tokens"]["grad"] > 0
+            assert sum(t["grad"] for t in run["step_tokens"]) == run["loop_tokens"]["grad"]
         summary = next(s for s in results["summaries"] if s["algo"] == algo)
         a, b = summary["rlhfkit"]["step1_loss"], summary["trl"]["step1_loss"]
         assert math.isfinite(a) and math.isfinite(b)
