@@ -22,6 +22,11 @@ from rlhfkit.models.precision import PRECISIONS
 from rlhfkit.models.tiny import TinyModelSpec
 
 
+OPT_IN = ("reward_ensemble", "ppo_calibrated", "ppo_ensemble")
+"""experiments that ``methods=[all]`` leaves out (they cost minutes and answer one question each):
+PPO on the reward model's temperature-calibrated reward, and on an ensemble's mean − λ·std."""
+
+
 @dataclass
 class DemoStageConfig:
     """Budget of one supervised stage of the demo."""
@@ -95,8 +100,9 @@ class DemoConfig:
         )
 
     def wants(self, name: str) -> bool:
-        """Whether the method (or step) ``name`` is to run: ``methods`` holds "all" or that name."""
-        return "all" in self.methods or name in self.methods
+        """Whether the method (or step) ``name`` is to run: ``methods`` holds that name, or "all" and the
+        name is not one of the opt-in experiments (:data:`OPT_IN`)."""
+        return name in self.methods or ("all" in self.methods and name not in OPT_IN)
 
 
 @dataclass
@@ -108,6 +114,8 @@ class DemoContext:
     task: Any
     sft: Path
     reward: Path | None = None
+    reward_ensemble: Path | None = None
+    """an ensemble of reward models on the same labels (the opt-in ``ppo_ensemble``'s reward)"""
     prefs: Path | None = None
     """pairwise panel preferences (prompt, chosen, rejected, label_prob, annotator)"""
     prefs_all: Path | None = None
@@ -233,9 +241,12 @@ def make_context(out: Path, config: DemoConfig | None = None) -> DemoContext:
         config = from_dict(DemoConfig, yaml.safe_load((out / "config.yaml").read_text()))
     task = FactsTask.from_dict(json.loads((out / "task.json").read_text()))
     eval_prompts = [r["prompt"] for r in load_records(out / "data" / "eval_prompts.jsonl", "prompt")]
-    reward = out / "reward" / "final"
+    def found(folder: Path) -> Path | None:
+        return folder if (folder / "config.json").exists() or (folder / "ensemble.json").exists() else None
+
     return DemoContext(out=out, config=config, task=task, sft=out / "sft" / "final",
-                       reward=reward if (reward / "config.json").exists() or (reward / "ensemble.json").exists() else None,
+                       reward=found(out / "reward" / "final"),
+                       reward_ensemble=found(out / "reward_ensemble" / "final"),
                        prefs=out / "data" / "prefs_pairs.jsonl", prefs_all=out / "data" / "prefs_all.jsonl",
                        rl_prompts=out / "data" / "rl_prompts.jsonl", eval_prompts=eval_prompts)
 

@@ -8,7 +8,8 @@ Stages, in this order (each cached: a stage whose ``final/`` folder or output fi
 4. SFT on the demonstrations (``sft/``)
 5. the simulated annotator panel labels pairs and K-way rankings of SFT samples (``data/prefs_*.jsonl``)
 6. a reward model on those preferences (``reward/``), checked against gold and the panel's own ceiling
-   (5 and 6: ``steps/labels_and_reward_model.py``)
+   (5 and 6: ``steps/labels_and_reward_model.py``); 6b. only when asked for (``methods`` naming
+   ``reward_ensemble`` or ``ppo_ensemble``), an ensemble of reward models on the same labels (``reward_ensemble/``)
 7. every further method, step by step in the order of ``METHOD_STEPS``: the DPO family
    (``steps/preference.py``), PPO / GRPO / RLOO (``steps/rl.py``), RLAIF and CAI (``steps/ai_feedback.py``)
 7b. RLHF's limitations measured on the run (``steps/limitations.py``: over-optimisation, labelling
@@ -93,6 +94,16 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
         reward_entry = labels_and_reward_model.train_reward_model(ctx, config.reward, resume=resume)
         ctx.reward = out / "reward" / "final"
         timings["reward"] = time.time() - t
+    # 6b. opt-in: an ensemble of reward models on the same labels (what ppo_ensemble optimises)
+    ensemble_entry = None
+    if config.wants("reward_ensemble") or config.wants("ppo_ensemble"):
+        t = time.time()
+        labels_and_reward_model.label_preferences(ctx)
+        ensemble_entry = labels_and_reward_model.train_reward_model(
+            ctx, config.reward, resume=resume, name="reward_ensemble", ensemble_size=rl.ENSEMBLE_SIZE)
+        ctx.reward_ensemble = out / "reward_ensemble" / "final"
+        ctx.add_report_section(labels_and_reward_model.ensemble_section(ensemble_entry))
+        timings["reward_ensemble"] = time.time() - t
 
     # 7. every other method, from the same SFT model and the same preferences
     methods = {"pretrained": None, "sft": None}
@@ -139,6 +150,8 @@ def run_demo(config: DemoConfig, *, resume: bool = False) -> Path:
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     if reward_entry is not None:
         summary["methods"]["reward_model"] = reward_entry
+    if ensemble_entry is not None:
+        summary["methods"]["reward_ensemble"] = ensemble_entry
     if seed_results is not None:
         summary["seeds"] = seed_results
     if limits is not None:

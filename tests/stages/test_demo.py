@@ -121,6 +121,43 @@ def test_seeds_retrain_the_methods_on_other_training_seeds(quick_demo, tmp_path)
     assert "## Across training seeds" in (run / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_opt_in_ppo_reward_variants(quick_demo, tmp_path):
+    import shutil
+
+    from rlhfkit.cli import main
+    from rlhfkit.models.reward_model import load_scorer, read_temperature
+
+    run = shutil.copytree(quick_demo, tmp_path / "run")  # a copy: the session's demo folder stays as made
+    assert main(["demo", "--quick", "--output-dir", str(run), "methods=[ppo_calibrated,ppo_ensemble]"]) == 0
+    methods = json.loads((run / "summary.json").read_text())["methods"]
+    ensemble = load_scorer(run / "reward_ensemble" / "final")
+    assert ensemble.ensemble_size == 3 and methods["reward_ensemble"]["ensemble_size"] == 3
+    assert "ensemble mean − 1·std" in methods["ppo_ensemble"]["variant"]
+    assert methods["ppo_calibrated"]["variant"].endswith("reward / T, loss_aggregation=token_mean")
+    for name in ("ppo_calibrated", "ppo_ensemble"):
+        assert POLICY_KEYS | {"win_rate_vs_sft", "kl_to_sft"} <= set(methods[name]), name
+    # each run recorded the reward it optimised
+    import yaml
+
+    calibrated = yaml.safe_load((run / "ppo_calibrated" / "config.yaml").read_text())["reward"]
+    assert calibrated["calibrated"] is True and calibrated["model"] == str(run / "reward" / "final")
+    assert read_temperature(run / "reward" / "final") > 0
+    on_ensemble = yaml.safe_load((run / "ppo_ensemble" / "config.yaml").read_text())["reward"]
+    assert on_ensemble["model"] == str(run / "reward_ensemble" / "final") and on_ensemble["ensemble_std_coef"] == 1.0
+    assert "## Reward-model ensemble" in (run / "report.md").read_text()
+
+
+def test_opt_in_methods_are_left_out_of_all():
+    from rlhfkit.demo.context import DemoConfig
+
+    everything = DemoConfig()
+    assert everything.wants("ppo") and everything.wants("reward")
+    assert not any(everything.wants(n) for n in ("reward_ensemble", "ppo_calibrated", "ppo_ensemble"))
+    chosen = DemoConfig(methods=["ppo_ensemble"])
+    assert chosen.wants("ppo_ensemble") and not chosen.wants("ppo") and not chosen.wants("ppo_calibrated")
+
+
 def test_seed_aggregate_by_hand():
     from rlhfkit.demo.seeds import aggregate
 

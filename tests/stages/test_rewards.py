@@ -125,6 +125,22 @@ def test_ensemble_source_is_mean_minus_lambda_std(tiny_model_dir, tmp_path):
     assert source.last_stats["reward/ensemble_std"] > 0
 
 
+def test_calibrated_source_divides_by_the_stored_temperature(tiny_model_dir, tmp_path):
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward_model import load_reward_model, write_temperature
+
+    load_reward_model(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    raw = RewardModelSource(tmp_path / "rm").score(PROMPTS, RESPONSES)
+    # no temperature stored: T = 1, calibration changes nothing
+    assert torch.equal(RewardModelSource(tmp_path / "rm", calibrated=True).score(PROMPTS, RESPONSES), raw)
+    write_temperature(tmp_path / "rm", 2.5)
+    calibrated = build_reward_source(RewardSettings(model=str(tmp_path / "rm"), calibrated=True))
+    assert torch.allclose(calibrated.score(PROMPTS, RESPONSES), raw / 2.5, atol=1e-6)
+    # the raw score is what PPO gets unless calibration is asked for
+    assert torch.equal(RewardModelSource(tmp_path / "rm").score(PROMPTS, RESPONSES), raw)
+
+
 def test_settings_build_and_validate(tmp_path, monkeypatch):
     (tmp_path / "r2.py").write_text("def one(p, r):\n    return [1.0] * len(r)\n")
     monkeypatch.syspath_prepend(str(tmp_path))

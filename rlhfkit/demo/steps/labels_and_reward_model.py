@@ -123,8 +123,10 @@ def label_preferences(ctx: DemoContext) -> None:
         "heldout_pairs": len(held)}, indent=1))
 
 
-def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: bool = False) -> dict:
-    """Train on prefs_all.jsonl; return the summary entry (accuracy vs gold next to the panel's).
+def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: bool = False, name: str = "reward",
+                       ensemble_size: int = 1) -> dict:
+    """Train on prefs_all.jsonl into ``<run>/<name>`` (``ensemble_size`` members, member k on seed
+    ``seed + k``); return the summary entry (accuracy vs gold next to the panel's).
 
     Calibration is measured against the panel's soft labels (``label_prob``, its vote share) of the
     held-out pairs: ``ece`` of σ(r_c − r_r), ``ece_calibrated`` after temperature scaling (T
@@ -135,14 +137,14 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
     from rlhfkit.train.reward_model import RewardConfig, run_reward
     from rlhfkit.train.sft import OptimConfig
 
-    out = ctx.out / "reward"
-    if not (out / "final" / "config.json").exists():
+    out = ctx.out / name
+    if not (out / "final" / "config.json").exists() and not (out / "final" / "ensemble.json").exists():
         config = RewardConfig(model=str(ctx.sft), data=str(ctx.out / "data" / "prefs_all.jsonl"),
                               eval_data=str(ctx.out / "data" / "prefs_heldout.jsonl"), output_dir=str(out),
                               max_length=128, ties="skip", reference_data=str(ctx.out / "data" / "sft.jsonl"),
                               batch_size=budget.batch_size, max_steps=budget.max_steps,
                               optim=OptimConfig(learning_rate=budget.learning_rate, warmup_ratio=0.05),
-                              precision=ctx.precision, save_every=100, seed=ctx.seed)
+                              precision=ctx.precision, save_every=100, seed=ctx.seed, ensemble_size=ensemble_size)
         run_reward(config, resume=resume)
     held = load_records(ctx.out / "data" / "prefs_heldout.jsonl", "pairwise").records
     scorer = load_scorer(out / "final")
@@ -163,4 +165,14 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
         "length_correlation": report.get("length_correlation"),
         "accuracy_per_annotator": report.get("accuracy_per_annotator"),
         "heldout_pairs": len(held),
+        "ensemble_size": scorer.ensemble_size,
     }
+
+
+def ensemble_section(entry: dict) -> str:
+    """Markdown: the reward-model ensemble's accuracy next to the panel's ceiling."""
+    return ("## Reward-model ensemble\n\n"
+            f"{entry.get('ensemble_size')} reward models on the same labels (member k trained with seed + k), "
+            f"their mean on the {entry.get('heldout_pairs')} held-out pairs: accuracy vs gold "
+            f"{entry['accuracy_vs_gold']:.3f} (the panel's {entry['panel_accuracy_vs_gold']:.3f}), "
+            f"accuracy vs the panel {entry.get('accuracy_vs_panel') or float('nan'):.3f}.\n")

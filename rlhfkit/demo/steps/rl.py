@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NAMES = ("ppo", "ppo_no_kl", "grpo", "rloo")
+NAMES = ("ppo", "ppo_no_kl", "grpo", "rloo", "ppo_calibrated", "ppo_ensemble")
+ENSEMBLE_SIZE = 3
+"""members of the opt-in ``reward_ensemble`` that ``ppo_ensemble`` optimises"""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ RECIPES: dict[str, Recipe] = {
                     "scale_by_std": False, "loss_aggregation": "seq_sum_norm"}),
     "rloo": Recipe("RLOOConfig", "run_rloo", "rlhfkit.train.rl.rloo",
                    {**_SHARED, "num_generations": 4, "kl_in": "reward", "kl_coef": 0.5}),
+    # opt-in experiments (DemoConfig's OPT_IN; evaluation issue §4): PPO's recipe on another reward.
+    # ppo_calibrated: the reward divided by the reward model's fitted temperature T (calibrated log-odds).
+    # ppo_ensemble: the mean − λ·std of ENSEMBLE_SIZE reward models (uncertainty-weighted optimisation,
+    # Coste et al. 2023), λ = 1
+    "ppo_calibrated": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.rl.ppo", {**_PPO, "reward_calibrated": True}),
+    "ppo_ensemble": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.rl.ppo", {**_PPO, "reward_ensemble_std_coef": 1.0}),
 }
 QUICK = {"total_steps": 3, "batch_size": 8, "num_generations": 2}
 
@@ -62,18 +70,24 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
     """The config of one demo method (tuning scripts pass a modified recipe or overrides)."""
     import importlib
 
-    from rlhfkit.train.rl.reward_sources import RewardSettings
+    from rlhfkit.config import require
     from rlhfkit.rollout.base import SamplingConfig
+    from rlhfkit.train.rl.reward_sources import RewardSettings
     from rlhfkit.train.run import OptimConfig
 
     recipe = recipe or RECIPES[name]
     params = {**recipe.params, **(QUICK if ctx.quick else {}), **overrides}
+    if "reward_ensemble_std_coef" in params:
+        require(ctx.reward_ensemble is not None, f"{name}: this run has no reward ensemble (reward_ensemble/)")
+        reward = RewardSettings(model=str(ctx.reward_ensemble), ensemble_std_coef=params["reward_ensemble_std_coef"])
+    else:
+        reward = RewardSettings(model=str(ctx.reward), calibrated=bool(params.get("reward_calibrated", False)))
     cls = getattr(importlib.import_module(recipe.module), recipe.config)
     names = {f for f in cls.__dataclass_fields__}
     params = {k: v for k, v in params.items() if k in names or k == "learning_rate"}
     lr = params.pop("learning_rate")
     base = dict(model=str(ctx.sft), prompts=str(ctx.rl_prompts), output_dir=str(ctx.method_dir(name)),
-                reward=RewardSettings(model=str(ctx.reward)),
+                reward=reward,
                 sampling=SamplingConfig(max_new_tokens=ctx.config.max_new_tokens, batch_size=64),
                 max_prompt_length=64, optim=OptimConfig(learning_rate=lr, warmup_ratio=0.0, min_lr_ratio=1.0),
                 save_every=0 if ctx.quick else 20, seed=ctx.method_seed, progress=not ctx.quick,
@@ -154,6 +168,11 @@ def variant(config) -> str:
             name = "Dr. GRPO"
         elif not config.scale_by_std:
             name = "GRPO without std scaling"
+    reward = config.reward
+    if reward.ensemble_std_coef:
+        name += f", reward = ensemble mean − {reward.ensemble_std_coef:g}·std"
+    if reward.calibrated:
+        name += ", reward / T"
     return f"{name}, loss_aggregation={config.loss_aggregation}"
 
 

@@ -63,16 +63,21 @@ def _check_lengths(prompts: Sequence, responses: Sequence[str]) -> None:
 class RewardModelSource:
     """A trained reward model (or ensemble) folder; reward = mean − ``std_coef`` · std over members.
 
+    ``calibrated``: divide the reward by the temperature T stored with the model (fitted on held-out
+    pairs, Guo et al. 2017), so that reward differences are the calibrated Bradley–Terry log-odds
+    σ⁻¹ P(a ≻ b) that the panel's vote shares support; a KL coefficient then trades nats of KL against
+    calibrated log-odds whatever scale the reward model's training left its margins at.
     ``last_stats``: reward/model_mean (before the std penalty) and, for an ensemble,
     reward/ensemble_std (mean disagreement of the members).
     """
 
     def __init__(self, path: str | Path, *, std_coef: float = 0.0, batch_size: int = 64, device=None,
-                 name: str = "reward_model"):
+                 name: str = "reward_model", calibrated: bool = False):
         from rlhfkit.models.reward_model import load_scorer
 
         self.name, self.std_coef = name, float(std_coef)
         self.scorer = load_scorer(path, batch_size=batch_size)
+        self.scale = 1.0 / self.scorer.temperature if calibrated else 1.0
         if device is not None:
             for model in self.scorer.models:
                 model.to(device)
@@ -83,6 +88,7 @@ class RewardModelSource:
     def score(self, prompts: Sequence, responses: Sequence[str]) -> torch.Tensor:
         _check_lengths(prompts, responses)
         mean, std = self.scorer.score_with_std(list(prompts), list(responses))
+        mean, std = mean * self.scale, std * self.scale
         self.last_stats = {f"reward/{self.name}_mean": float(mean.mean())}
         if self.scorer.ensemble_size > 1:
             self.last_stats["reward/ensemble_std"] = float(std.mean())
@@ -211,6 +217,8 @@ class RewardSettings:
     """reward model folder, or an ensemble folder (ensemble.json + members)"""
     ensemble_std_coef: float = 0.0
     """λ in mean − λ·std over ensemble members (uncertainty penalty; 0: the plain mean)"""
+    calibrated: bool = False
+    """divide the reward model's score by its stored temperature T (calibrated log-odds; T = 1 if none stored)"""
     url: str | None = None
     """HTTP endpoint: POST {"prompts", "responses"} → {"rewards"}"""
     timeout: float = 30.0
@@ -244,7 +252,8 @@ def build_reward_source(settings: RewardSettings, *, extra: Sequence[Callable | 
     sources: list[RewardSource] = []
     if settings.model is not None:
         sources.append(RewardModelSource(settings.model, std_coef=settings.ensemble_std_coef,
-                                         batch_size=settings.batch_size, device=device))
+                                         batch_size=settings.batch_size, device=device,
+                                         calibrated=settings.calibrated))
     if settings.url is not None:
         sources.append(HTTPRewardSource(settings.url, timeout=settings.timeout, retries=settings.retries,
                                         batch_size=settings.batch_size))
