@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import report  # noqa: E402
-from benchmarks.workload import ALGOS, BenchSpec, parameter_count, prepare  # noqa: E402
+from benchmarks.workload import ALGOS, SHAPES, BenchSpec, parameter_count, prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlhfkit-bench"
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps per run (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per side (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each side (default 1)")
+    parser.add_argument("--model", default="6m", choices=sorted(SHAPES),
+                        help="model shape: 6m (the ratio benchmark's, default) or 30m (the MFU target's)")
     parser.add_argument("--out", default="results.json", help="raw results (default results.json)")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the model and data are made once")
     args = parser.parse_args(argv)
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGOS)}")
     if args.steps < 2 or args.repeats < 1 or args.threads < 1:
         parser.error("--steps must be >= 2 (loop time runs from step 1's end), --repeats and --threads >= 1")
-    spec = BenchSpec(steps=args.steps)
+    spec = BenchSpec(steps=args.steps).with_shape(args.model)
     results = benchmark(args.algos, spec, repeats=args.repeats, threads=args.threads, cache=Path(args.cache),
                         log=lambda m: print(m, file=sys.stderr, flush=True))
     Path(args.out).write_text(json.dumps(results, indent=1))
