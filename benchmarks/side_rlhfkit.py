@@ -104,7 +104,10 @@ def run(algo: str, spec: BenchSpec, paths: dict, out_dir: Path) -> dict:
         from rlhfkit.train.rl.rloo import RLOOConfig, run_rloo
 
         cls, fn = (GRPOConfig, run_grpo) if algo == "grpo" else (RLOOConfig, run_rloo)
-        fn(_online(cls, spec, paths, out_dir, num_generations=spec.num_generations), reward_fns=[gold_reward])
+        # log_kl=False: with β = 0 TRL computes no reference log-probs, and neither does rlhfkit then
+        # (by default it still runs the reference pass to log the KL, a pass the user can switch off)
+        fn(_online(cls, spec, paths, out_dir, num_generations=spec.num_generations, log_kl=spec.kl_coef > 0),
+           reward_fns=[gold_reward])
     elif algo == "ppo":
         from rlhfkit.train.rl.ppo import PPOConfig, run_ppo
         from rlhfkit.train.rl.reward_sources import RewardSettings
