@@ -35,6 +35,8 @@ p.missing { color: #888; font-style: italic; }
 def _num(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
+    if isinstance(x, float) and abs(x) >= 1e5:  # e.g. a fitted peak far beyond reach: 8.43e+46, not 47 digits
+        return f"{x:.{digits}g}"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 

@@ -52,3 +52,11 @@ def test_seeds_figure_and_table():
     html = render_html(summary)
     assert html.count("<img ") == 3 + 1
     assert '<td>0.650</td><td>0.071</td><td>0.600 – 0.700</td><td class="text">no</td>' in html
+
+
+def test_huge_numbers_are_written_in_scientific_form():
+    from rlhfkit.evaluate.html_report import _num
+
+    # a fitted peak at d* = exp(α/β − 1) with β near 0 lands at astronomic KL: 3 significant digits
+    assert _num(8.433110220268723e46) == "8.43e+46"
+    assert _num(123456.0) == "1.23e+05" and _num(99999.5) == "99999.500" and _num(0.1889) == "0.189"
