@@ -73,7 +73,8 @@ class DemoConfig:
                                                                             batch_size=32))
     """reward-model budget"""
     methods: list[str] = field(default_factory=lambda: ["all"])
-    """which method steps to run after the reward model ("all", or names such as dpo, ppo)"""
+    """which method steps to run after the reward model ("all", or names such as dpo, ppo); the opt-in
+    experiments reward_ensemble, ppo_calibrated and ppo_ensemble run only when named"""
     seeds: list[int] = field(default_factory=list)
     """training seeds to rerun every wanted DPO-family and RL method on (``--seeds 0,1,2``), reusing the task,
     SFT and reward model of ``seed``; each method's mean, spread and per-seed win rate go to ``seeds.json``
