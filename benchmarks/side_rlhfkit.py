@@ -20,7 +20,7 @@ ONLINE_LOSS_KEY = "loss/total"
 
 def missing_options() -> list[str]:
     """The rlhfkit options the harness needs for matched work that this checkout does not have."""
-    from rlhfkit.train.run import OptimConfig
+    from rlhfkit.train.optim import OptimConfig
     from rlhfkit.train.supervised import SupervisedConfig
 
     optim = {f.name for f in dataclasses.fields(OptimConfig)}
@@ -32,7 +32,7 @@ def missing_options() -> list[str]:
 
 
 def _optim(spec: BenchSpec):
-    from rlhfkit.train.run import OptimConfig
+    from rlhfkit.train.optim import OptimConfig
 
     kwargs = dict(learning_rate=spec.learning_rate, weight_decay=0.0, warmup_ratio=0.0, min_lr_ratio=1.0,
                   max_grad_norm=1.0)

@@ -260,7 +260,7 @@ def train_stage(out: Path, config: DemoConfig, stage_cls, run, name: str, model:
                 budget: DemoStageConfig, *, resume: bool, save_every: int = 100, **extra) -> Path:
     """One supervised stage of the demo (pre-training, SFT, the AI-feedback models) into
     ``<out>/<name>/final``; a stage whose final folder exists is not run again."""
-    from rlhfkit.train.run import OptimConfig
+    from rlhfkit.train.optim import OptimConfig
 
     stage_dir = out / name
     if not stage_done(stage_dir):

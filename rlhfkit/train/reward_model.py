@@ -32,8 +32,9 @@ from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
 from rlhfkit.models.reward_model import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, load_scorer,
                                          reward_forward, with_distinct_pad, write_temperature)
 from rlhfkit.train import distributed
-from rlhfkit.train.run import (MetricsLogger, OptimConfig, enable_gradient_checkpointing, make_accelerator,
-                               optimizer_and_schedule, process_index, set_seed, start_run, wait_for_everyone)
+from rlhfkit.train.run import (MetricsLogger, enable_gradient_checkpointing, make_accelerator, process_index, set_seed,
+                               start_run, wait_for_everyone)
+from rlhfkit.train.optim import OptimConfig, optimizer_and_schedule
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 

@@ -19,10 +19,10 @@ from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import IGNORE_INDEX, collate_sft, encode_sft_records, pack_documents
 from rlhfkit.models.forward import causal_lm_loss
 from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer
-from rlhfkit.train.run import OptimConfig  # noqa: F401  (re-exported: the configs' optim block)
+from rlhfkit.train.optim import OptimConfig  # noqa: F401  (re-exported: the configs' optim block)
 from rlhfkit.train import distributed
-from rlhfkit.train.run import (autocast, enable_gradient_checkpointing, make_accelerator, optimizer_and_schedule,
-                               start_run)
+from rlhfkit.train.run import autocast, enable_gradient_checkpointing, make_accelerator, start_run
+from rlhfkit.train.optim import optimizer_and_schedule
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 log = logging.getLogger("rlhfkit")

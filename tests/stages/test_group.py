@@ -13,7 +13,7 @@ from rlhfkit.rollout.base import SamplingConfig
 from rlhfkit.train.rl import grpo, rloo
 from rlhfkit.train.rl.grpo import GRPOConfig, run_grpo, sequence_scores
 from rlhfkit.train.rl.rloo import RLOOConfig, run_rloo
-from rlhfkit.train.run import OptimConfig
+from rlhfkit.train.optim import OptimConfig
 
 REWARDS = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 3.0])  # two prompts, n = 3, group-contiguous
 

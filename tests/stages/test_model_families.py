@@ -20,7 +20,7 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.train.rl.reward_sources import RewardSettings
 from rlhfkit.rollout.base import SamplingConfig
 from rlhfkit.rollout.hf import HFGenerator
-from rlhfkit.train.run import OptimConfig
+from rlhfkit.train.optim import OptimConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

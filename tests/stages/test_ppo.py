@@ -17,7 +17,7 @@ from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.ppo import PPOConfig, run_ppo, token_rewards
 from rlhfkit.train.rl.rollout import collect
 from rlhfkit.train.rl.run import RLConfig
-from rlhfkit.train.run import OptimConfig
+from rlhfkit.train.optim import OptimConfig
 
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]
 

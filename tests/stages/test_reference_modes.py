@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from rlhfkit.train.direct import DPOConfig, KTOConfig, run_dpo, run_kto
 from rlhfkit.train.direct import preference as P
 from rlhfkit.train.direct.batches import ReferenceLogps
-from rlhfkit.train.run import OptimConfig
+from rlhfkit.train.optim import OptimConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

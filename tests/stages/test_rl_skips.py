@@ -17,7 +17,7 @@ from rlhfkit.train.rl.reward_sources import PythonRewardSource
 from rlhfkit.train.rl.rloo import RLOOConfig, run_rloo
 from rlhfkit.train.rl.rollout import collect, complete_experience
 from rlhfkit.train.rl.update import optimise
-from rlhfkit.train.run import OptimConfig, optimizer_and_schedule
+from rlhfkit.train.optim import OptimConfig, optimizer_and_schedule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

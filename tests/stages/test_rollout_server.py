@@ -21,7 +21,7 @@ from rlhfkit.rollout.server import RolloutConfig, ServerGenerator
 from rlhfkit.serve.testing import restartable_model_server, running_model_server
 from rlhfkit.train.rl.grpo import GRPOConfig, run_grpo
 from rlhfkit.train.rl.ppo import PPOConfig, run_ppo
-from rlhfkit.train.run import OptimConfig
+from rlhfkit.train.optim import OptimConfig
 
 PROMPTS = [f"User: what color is the {n}?\nAssistant:" for n in ("dax", "wug", "zorp", "fep")]
 

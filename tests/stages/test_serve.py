@@ -251,7 +251,7 @@ def test_a_failing_model_is_a_500_with_an_openai_error_not_a_traceback():
 def test_ppo_runs_against_the_served_reward_model(server, tiny_model_dir, tmp_path):
     from rlhfkit.rollout.base import SamplingConfig
     from rlhfkit.train.rl.ppo import PPOConfig, run_ppo
-    from rlhfkit.train.run import OptimConfig
+    from rlhfkit.train.optim import OptimConfig
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 4))

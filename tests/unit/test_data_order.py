@@ -2,7 +2,8 @@
 
 import torch
 
-from rlhfkit.train.run import epoch_batches, make_accelerator, optimizer_and_schedule
+from rlhfkit.train.run import epoch_batches, make_accelerator
+from rlhfkit.train.optim import optimizer_and_schedule
 from rlhfkit.train.supervised import SupervisedConfig, train_loop
 
 

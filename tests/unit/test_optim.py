@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.train.run import OptimConfig, adamw_implementation, build_optimizer, optimizer_and_schedule
+from rlhfkit.train.optim import OptimConfig, adamw_implementation, build_optimizer, optimizer_and_schedule
 from rlhfkit.train.sft import SFTConfig
 
 

@@ -73,7 +73,7 @@ def method_config(ctx, name: str, recipe: Recipe | None = None, **overrides):
     from rlhfkit.config import require
     from rlhfkit.rollout.base import SamplingConfig
     from rlhfkit.train.rl.reward_sources import RewardSettings
-    from rlhfkit.train.run import OptimConfig
+    from rlhfkit.train.optim import OptimConfig
 
     recipe = recipe or RECIPES[name]
     params = {**recipe.params, **(QUICK if ctx.quick else {}), **overrides}

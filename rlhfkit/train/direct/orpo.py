@@ -13,7 +13,7 @@ from rlhfkit.config import require
 from rlhfkit.losses import LossOutput, orpo_loss, preference_stats
 from rlhfkit.train.direct.batches import Example
 from rlhfkit.train.direct.preference import Logps, Objective, PreferenceConfig, logps_stats, train_preference
-from rlhfkit.train.run import OptimConfig
+from rlhfkit.train.optim import OptimConfig
 
 
 @dataclass

@@ -46,8 +46,8 @@ from rlhfkit.models.loading import disable_dropout, is_peft, load_causal_lm, loa
 from rlhfkit.train.direct import batches
 from rlhfkit.train.direct.batches import Example, ReferenceLogps, RoleLogps
 from rlhfkit.train import distributed
-from rlhfkit.train.run import (MetricsLogger, OptimConfig, enable_gradient_checkpointing, make_accelerator,
-                               optimizer_and_schedule, start_run)
+from rlhfkit.train.run import MetricsLogger, enable_gradient_checkpointing, make_accelerator, start_run
+from rlhfkit.train.optim import OptimConfig, optimizer_and_schedule
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, items_used, train_loop
 
 log = logging.getLogger("rlhfkit")

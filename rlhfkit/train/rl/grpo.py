@@ -33,7 +33,8 @@ from rlhfkit.train.rl.policy import Outputs
 from rlhfkit.train.rl.rollout import Experience, chunk_seed, collect, complete_experience, objective_metrics
 from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
 from rlhfkit.train.rl.update import optimise
-from rlhfkit.train.run import enable_gradient_checkpointing, make_accelerator, optimizer_and_schedule, process_count
+from rlhfkit.train.run import enable_gradient_checkpointing, make_accelerator, process_count
+from rlhfkit.train.optim import optimizer_and_schedule
 
 
 @dataclass

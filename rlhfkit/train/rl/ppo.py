@@ -45,8 +45,9 @@ from rlhfkit.train.rl.policy import ActorCritic, Outputs
 from rlhfkit.train.rl.rollout import Experience, chunk_seed, collect, objective_metrics
 from rlhfkit.train.rl.run import RLConfig, RLRun, set_up
 from rlhfkit.train.rl.update import optimise
-from rlhfkit.train.run import (enable_gradient_checkpointing, infinite_batches, make_accelerator,
-                               optimizer_and_schedule, process_count, process_index)
+from rlhfkit.train.run import (enable_gradient_checkpointing, infinite_batches, make_accelerator, process_count,
+                               process_index)
+from rlhfkit.train.optim import optimizer_and_schedule
 
 
 @dataclass

@@ -32,8 +32,8 @@ from rlhfkit.rollout.server import RolloutConfig, ServerGenerator
 from rlhfkit.train.rl.policy import ActorCritic, Reference
 from rlhfkit.train.rl.reward_sources import PythonRewardSource, RewardSettings, RewardSource, build_reward_source
 from rlhfkit.train.distributed import shard
-from rlhfkit.train.run import (OptimConfig, Run, RunConfig, infinite_batches, partial_state, process_count,
-                               process_index, start_run)
+from rlhfkit.train.run import Run, RunConfig, infinite_batches, partial_state, process_count, process_index, start_run
+from rlhfkit.train.optim import OptimConfig
 
 
 @dataclass
