@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import torch
 
-from rlhfkit.config import require, save_config
+from rlhfkit.config import save_config
 from rlhfkit.train.log_backends import LogConfig, numeric, open_backends
 from rlhfkit.models.loading import LoraSettings
 from rlhfkit.models.precision import Precision, resolve_precision
