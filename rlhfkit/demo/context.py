@@ -69,9 +69,13 @@ class DemoConfig:
     """pre-training budget"""
     sft: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=200, learning_rate=1e-3))
     """SFT budget"""
-    reward: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=500, learning_rate=1e-3,
+    reward: DemoStageConfig = field(default_factory=lambda: DemoStageConfig(max_steps=1500, learning_rate=1e-3,
                                                                             batch_size=32))
     """reward-model budget"""
+    reward_lm_loss_coef: float = 1.0
+    """weight of the reward model's next-token loss on the preferred responses (GRM, Yang et al. 2024;
+    ``lm_loss_coef`` of ``rlhfkit reward``): with it the reward model learns what separates a right answer
+    from a near miss in the SFT samples; 0 trains the plain Bradley–Terry model"""
     methods: list[str] = field(default_factory=lambda: ["all"])
     """which method steps to run after the reward model ("all", or names such as dpo, ppo); the opt-in
     experiments reward_ensemble, ppo_calibrated and ppo_ensemble run only when named"""

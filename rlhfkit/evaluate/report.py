@@ -90,6 +90,13 @@ def write_report(out: Path, summary: dict, samples: dict, task, extra_sections: 
             f"{_fmt(rm.get('temperature'))} | {_fmt(rm.get('length_correlation'))} |",
             "",
         ]
+        split = rm.get("accuracy_vs_gold_by_separation") or {}
+        if split:
+            parts += ["Accuracy vs gold on the pairs gold separates by correctness (right against wrong answer, "
+                      "stance or refusal) and on the rest (style): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in split.items())
+                      + f"; the panel's mean preference (what unlimited labels of this panel would teach) "
+                        f"agrees with gold on {_fmt(rm.get('panel_mean_accuracy_vs_gold'))}.", ""]
         per = rm.get("accuracy_per_annotator") or {}
         if per:
             parts += ["Accuracy against each annotator's labels: "

@@ -173,3 +173,22 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     hidden = hidden_states(backbone, input_ids, attention_mask)  # (B, T, H)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, H)
     return head(last)[:, 0].float()
+
+
+def scores_and_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor,
+                         lm_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reward model's scores and, from the same decoder pass, next-token logits of the backbone's
+    hidden states through an LM head (GRM's text-generation regulariser, Yang et al. 2024).
+
+    input_ids, attention_mask, select: (B, T); lm_weight: (V, H) output embeddings. Returns scores
+    (B,) float32, read at the last real token as :func:`last_token_scores` reads them, and logits
+    (N, V) predicting token t+1 from position t where ``select[:, t+1]`` is true (N =
+    ``select[:, 1:].sum()``, row-major), the head run on those N hidden states only."""
+    backbone, head = backbone_and_score(model)
+    if backbone is None:
+        raise TypeError(f"{type(model).__name__} has no backbone + score head: no hidden states for an LM loss")
+    hidden = hidden_states(backbone, input_ids, attention_mask)  # (B, T, H)
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]  # (B, H)
+    target = select[:, 1:].bool()  # (B, T-1)
+    logits = torch.nn.functional.linear(hidden[:, :-1][target], lm_weight)  # (N, V)
+    return head(last)[:, 0].float(), logits

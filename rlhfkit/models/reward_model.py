@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.config import ConfigError
 from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
 from rlhfkit.models.forward import last_token_scores
 
@@ -70,6 +71,42 @@ def load_reward_model(path: str | Path, *, lora=None, tokenizer=None):
     if lora is not None and lora.r > 0:
         model = apply_lora(model, lora, task_type="SEQ_CLS")
     return model
+
+
+def lm_head_weight(model, init_path: str | Path) -> torch.Tensor:
+    """The output embeddings (V, H) that GRM's regulariser predicts tokens with (Yang et al. 2024 keep
+    the base model's LM head beside the reward head). Tied embeddings (the model's input embeddings,
+    trained with it: under LoRA they stay frozen), else the ``lm_head`` of the causal LM at
+    ``init_path``, frozen: the regulariser keeps the hidden states readable by the head they started
+    with, and the saved reward model carries no second head."""
+    if getattr(model.config, "tie_word_embeddings", False):
+        return model.get_input_embeddings().weight
+    weight = _saved_lm_head(Path(init_path))
+    if weight is None:
+        raise ConfigError(f"lm_loss_coef > 0 needs an LM head: {init_path} has untied embeddings and no lm_head "
+                          "weights (a reward model folder?); start from the causal LM, or set lm_loss_coef=0")
+    embed = model.get_input_embeddings().weight
+    return weight.to(device=embed.device, dtype=embed.dtype).requires_grad_(False)
+
+
+def _saved_lm_head(folder: Path) -> torch.Tensor | None:
+    """``*lm_head.weight`` from a folder's safetensors (one file or an index of shards), else None."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: folder / file for name, file in weight_map.items()}
+    elif (folder / "model.safetensors").exists():
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+            files = {name: folder / "model.safetensors" for name in handle.keys()}
+    else:
+        return None
+    name = next((n for n in files if n == "lm_head.weight" or n.endswith(".lm_head.weight")), None)
+    if name is None:
+        return None
+    with safe_open(str(files[name]), framework="pt") as handle:
+        return handle.get_tensor(name)
 
 
 def reward_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

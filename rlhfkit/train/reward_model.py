@@ -30,7 +30,8 @@ from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_pro
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
 from rlhfkit.models.reward_model import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, load_scorer,
-                                         reward_forward, with_distinct_pad, write_temperature)
+                                         lm_head_weight, reward_forward, with_distinct_pad, write_temperature)
+from rlhfkit.models.forward import scores_and_lm_logits
 from rlhfkit.train import distributed
 from rlhfkit.train.run import (MetricsLogger, enable_gradient_checkpointing, make_accelerator, process_index, set_seed,
                                start_run, wait_for_everyone)
@@ -64,10 +65,13 @@ class RewardConfig(SupervisedConfig):
     """pairwise records train with margin = score_chosen - score_rejected (UltraFeedback's ratings; Llama 2's margin loss); every pairwise record then needs both columns and no ``margin``"""
     hh_raw_text: bool = False
     """Anthropic HH transcripts (Human: … Assistant: … turns) stay raw text, the prompt ending in "Assistant:"; by default they become chat messages when the tokenizer has a chat template"""
+    lm_loss_coef: float = 0.0
+    """weight of a next-token loss on each record's preferred responses, through the initial model's LM head (GRM, Yang et al. 2024: keeps the hidden states able to generate text while the score head learns); 0 disables"""
 
     def validate(self) -> None:
         super().validate()
         require(self.ensemble_size >= 1, "ensemble_size must be >= 1")
+        require(self.lm_loss_coef >= 0, "lm_loss_coef must be >= 0")
         require(self.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0")
 
 
@@ -81,6 +85,19 @@ class Group:
     prompt: object
     responses: list
     annotator: object = None
+    prompt_lens: list[int] = field(default_factory=list)
+    """tokens of the prompt at the start of each of ``seqs`` (after truncation)"""
+
+    def preferred(self) -> list[int]:
+        """Responses that win a decisive comparison and lose none: a pair's chosen one (or the other when
+        P(chosen) < 0.5), a ranking's top (all of a tied top)."""
+        wins, losses = set(), set()
+        for i, j, p in self.pairs:
+            if p != 0.5:
+                better, worse = (i, j) if p > 0.5 else (j, i)
+                wins.add(better)
+                losses.add(worse)
+        return sorted(wins - losses)
 
 
 def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) -> tuple[list[Group], TruncationStats]:
@@ -102,7 +119,7 @@ def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) 
                 raise DataError(source, line, "margin", f"cannot be combined with label_prob in one record{how}")
         if not pairs:
             continue  # a ranking whose responses are all tied, with ties="skip": nothing to learn
-        seqs = []
+        seqs, prompt_lens = [], []
         names = ["chosen", "rejected"] if "ranking" not in record else [f"responses[{i}]" for i in range(len(responses))]
         for name, response in zip(names, responses):
             with at_record(source, line, completion=name):
@@ -110,19 +127,30 @@ def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) 
             fitted = fit_lengths(prompt_ids, completion_ids, max_length=config.max_length,
                                  max_prompt_length=config.max_prompt_length, stats=stats)
             seqs.append(fitted[0] + fitted[1])
-        groups.append(Group(seqs, pairs, margin, record["prompt"], responses, record.get("annotator")))
+            prompt_lens.append(len(fitted[0]))
+        groups.append(Group(seqs, pairs, margin, record["prompt"], responses, record.get("annotator"), prompt_lens))
     return groups, stats
 
 
-def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: float, device) -> tuple[torch.Tensor, dict]:
+def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: float, device,
+               lm_coef: float = 0.0, lm_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Mean loss over records: margin pairs via Bradley–Terry, the rest (pairs with soft labels and
-    rankings) via the per-prompt-averaged ranking loss; plus the optional centring penalty."""
+    rankings) via the per-prompt-averaged ranking loss; plus the optional centring penalty; plus, with
+    ``lm_coef`` > 0, ``lm_coef`` × the mean next-token cross-entropy over the completion tokens of
+    every record's preferred responses (GRM's SFT regulariser), predicted through ``lm_weight``."""
     seqs, offsets = [], []
     for g in groups:
         offsets.append(len(seqs))
         seqs.extend(g.seqs)
     ids, mask = pad_batch(seqs, pad_token_id)
-    rewards = reward_forward(model, ids.to(device), mask.to(device))  # (N,)
+    ids, mask = ids.to(device), mask.to(device)
+    if lm_coef > 0:
+        select = _completion_select(groups, ids.shape[1]).to(device)  # (N, T)
+        rewards, logits = scores_and_lm_logits(model, ids, mask, select, lm_weight)  # (N,), (M, V)
+        targets = ids[:, 1:][select[:, 1:]]  # (M,)
+        lm_loss = torch.nn.functional.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
+    else:
+        rewards = reward_forward(model, ids, mask)  # (N,)
     losses, stats = [], {}
     plain = [(k, g) for k, g in enumerate(groups) if g.margin is None]
     with_margin = [(k, g) for k, g in enumerate(groups) if g.margin is not None]
@@ -147,12 +175,29 @@ def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: fl
         losses.append(out.losses)
         all_pairs += [(offsets[k], offsets[k] + 1) for k, _ in with_margin]
     loss = torch.cat(losses).mean()
+    if lm_coef > 0:
+        loss = loss + lm_coef * lm_loss
+        stats["lm_loss"] = float(lm_loss.detach())
     if center_coef > 0 and all_pairs:
         pair_index = torch.tensor(all_pairs, device=device)
         center = reward_centering_penalty(rewards[pair_index[:, 0]], rewards[pair_index[:, 1]], coef=center_coef)
         loss = loss + center.losses.mean()
     stats["reward_mean"] = float(rewards.detach().mean())
     return loss, stats
+
+
+def _completion_select(groups: list[Group], width: int) -> torch.Tensor:
+    """(N, width) bool over the groups' sequences, padded on the right: True on the completion tokens
+    (EOS included) of each group's preferred responses, False on prompts, pads and other responses."""
+    rows = []
+    for g in groups:
+        preferred = set(g.preferred())
+        for k, (seq, prompt_len) in enumerate(zip(g.seqs, g.prompt_lens)):
+            row = torch.zeros(width, dtype=torch.bool)
+            if k in preferred:
+                row[prompt_len:len(seq)] = True
+            rows.append(row)
+    return torch.stack(rows)
 
 
 def _split(records, lines, fraction: float, seed: int):
@@ -254,12 +299,21 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
     total_steps = config.total_steps(len(groups), processes=accelerator.num_processes)
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
+    # GRM's LM head: tied embeddings are read inside each step (the wrapped model's own, unsharded there);
+    # an untied head is read from the initial folder once, here, so a missing one fails before training
+    frozen_head = None
+    if config.lm_loss_coef > 0 and not getattr(model.config, "tie_word_embeddings", False):
+        frozen_head = lm_head_weight(model, config.model).to(accelerator.device)
     model, optimizer = distributed.prepare_model(accelerator, model, optimizer)
     pad_id = tokenizer.pad_token_id
 
     def step_fn(model, indices):
+        lm_weight = None
+        if config.lm_loss_coef > 0:
+            lm_weight = frozen_head if frozen_head is not None else model.get_input_embeddings().weight
         return group_loss(model, [groups[i] for i in indices], pad_token_id=pad_id,
-                          center_coef=config.center_rewards_coefficient, device=accelerator.device)
+                          center_coef=config.center_rewards_coefficient, device=accelerator.device,
+                          lm_coef=config.lm_loss_coef, lm_weight=lm_weight)
 
     def eval_fn(model):
         if not eval_groups:

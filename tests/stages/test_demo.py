@@ -62,6 +62,7 @@ def test_reward_model_entry_is_measured_on_the_heldout_pairs(quick_demo):
     # be what the saved model and the held-out file give when recomputed independently.
     from rlhfkit.data.records import load_records
     from rlhfkit.models.reward_model import load_scorer
+    from rlhfkit.tasks import FactsTask
 
     entry = json.loads((quick_demo / "summary.json").read_text())["methods"]["reward_model"]
     held = load_records(quick_demo / "data" / "prefs_heldout.jsonl", "pairwise").records
@@ -77,6 +78,22 @@ def test_reward_model_entry_is_measured_on_the_heldout_pairs(quick_demo):
     assert all(0.0 <= p <= 1.0 for p in expected)
     assert entry["panel_accuracy_vs_gold_expected"] == pytest.approx(sum(expected) / len(held))
     assert 0.5 <= entry["panel_accuracy_vs_gold_expected"] <= 1.0  # a panel better than chance on average
+    # the split by what gold separates a pair by: recomputed from the task's gold terms, and it adds up
+    task = FactsTask.from_dict(json.loads((quick_demo / "task.json").read_text()))
+    by_correctness = [task.gold_attributes(r["prompt"], r["chosen"])["correct"]
+                      != task.gold_attributes(r["prompt"], r["rejected"])["correct"] for r in held]
+    right = [(m > 0) == r["gold_prefers_chosen"] for m, r in zip(margin.tolist(), held)]
+    split = entry["accuracy_vs_gold_by_separation"]
+    for name, wanted in (("correctness", True), ("style", False)):
+        oks = [ok for ok, c in zip(right, by_correctness) if c == wanted]
+        assert split.get(name) == (pytest.approx(sum(oks) / len(oks)) if oks else None)
+    # the panel's mean preference: by hand from each annotator's Bradley–Terry probability
+    mean_right = 0
+    for r in held:
+        better, worse = (r["chosen"], r["rejected"]) if r["gold_prefers_chosen"] else (r["rejected"], r["chosen"])
+        probs = [a.prob_prefers(r["prompt"], better, worse) for a in task.panel]
+        mean_right += sum(probs) / len(probs) > 0.5
+    assert entry["panel_mean_accuracy_vs_gold"] == pytest.approx(mean_right / len(held))
 
 
 @pytest.mark.slow

@@ -144,7 +144,8 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
                               max_length=128, ties="skip", reference_data=str(ctx.out / "data" / "sft.jsonl"),
                               batch_size=budget.batch_size, max_steps=budget.max_steps,
                               optim=OptimConfig(learning_rate=budget.learning_rate, warmup_ratio=0.05),
-                              precision=ctx.precision, save_every=100, seed=ctx.seed, ensemble_size=ensemble_size)
+                              precision=ctx.precision, save_every=100, seed=ctx.seed, ensemble_size=ensemble_size,
+                              lm_loss_coef=ctx.config.reward_lm_loss_coef)
         run_reward(config, resume=resume)
     held = load_records(ctx.out / "data" / "prefs_heldout.jsonl", "pairwise").records
     scorer = load_scorer(out / "final")
@@ -156,6 +157,8 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
     report = json.loads((out / "eval.json").read_text())
     return {
         "accuracy_vs_gold": sum(model_vs_gold) / max(len(held), 1),
+        "accuracy_vs_gold_by_separation": _by_separation(ctx.task, held, model_vs_gold),
+        "panel_mean_accuracy_vs_gold": sum(_panel_mean_right(ctx.task, g) for g in held) / max(len(held), 1),
         "panel_accuracy_vs_gold": sum(panel_vs_gold) / max(len(held), 1),
         "panel_accuracy_vs_gold_expected": sum(g["panel_majority_prob_gold"] for g in held) / max(len(held), 1),
         "accuracy_vs_panel": report.get("accuracy"),
@@ -167,6 +170,25 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
         "heldout_pairs": len(held),
         "ensemble_size": scorer.ensemble_size,
     }
+
+
+def _by_separation(task, held: list[dict], right: list[bool]) -> dict[str, float]:
+    """Accuracy vs gold on the held-out pairs gold separates by correctness (its ``correct`` term differs:
+    a right against a wrong answer, stance or refusal) and on the rest (style: politeness, length, ...)."""
+    groups: dict[str, list[bool]] = {"correctness": [], "style": []}
+    for record, ok in zip(held, right):
+        correct = [task.gold_attributes(record["prompt"], record[side])["correct"] for side in ("chosen", "rejected")]
+        groups["correctness" if correct[0] != correct[1] else "style"].append(ok)
+    return {name: sum(oks) / len(oks) for name, oks in groups.items() if oks}
+
+
+def _panel_mean_right(task, record: dict) -> bool:
+    """Whether the panel's mean Bradley–Terry probability prefers gold's choice: the pair's answer a reward
+    model would give with unlimited labels of this panel (pairs and rankings drawn from all annotators)."""
+    better, worse = (record["chosen"], record["rejected"]) if record["gold_prefers_chosen"] else (
+        record["rejected"], record["chosen"])
+    probs = [annotator.prob_prefers(record["prompt"], better, worse) for annotator in task.panel]
+    return sum(probs) / len(probs) > 0.5
 
 
 def ensemble_section(entry: dict) -> str:
