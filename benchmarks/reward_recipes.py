@@ -155,19 +155,16 @@ def main(argv=None) -> dict:
 
 def by_category(run: Path, held: list[dict], margins: list[float]) -> dict:
     """Accuracy against gold per prompt kind × (correctness | style) and overall, with the ideal's."""
+    from rlhfkit.demo.steps.labels_and_reward_model import panel_mean_prefers_gold, separated_by
     from rlhfkit.tasks import FactsTask
 
     task = FactsTask.from_dict(json.loads((run / "task.json").read_text()))
     counts = defaultdict(lambda: [0, 0, 0])  # pairs, model right, ideal right
     for h, margin in zip(held, margins):
-        better, worse = (h["chosen"], h["rejected"]) if h["gold_prefers_chosen"] else (h["rejected"], h["chosen"])
-        separated = ("correctness" if task.gold_attributes(h["prompt"], better)["correct"]
-                     != task.gold_attributes(h["prompt"], worse)["correct"] else "style")
-        probs = [annotator.prob_prefers(h["prompt"], better, worse) for annotator in task.panel]
-        for key in ("all", f"{task.info(h['prompt']).kind}/{separated}"):
+        for key in ("all", f"{task.info(h['prompt']).kind}/{separated_by(task, h)}"):
             counts[key][0] += 1
             counts[key][1] += (margin > 0) == h["gold_prefers_chosen"]
-            counts[key][2] += sum(probs) / len(probs) > 0.5
+            counts[key][2] += panel_mean_prefers_gold(task, h)
     return {k: {"pairs": n, "model": round(right / n, 3), "ideal": round(ideal / n, 3)}
             for k, (n, right, ideal) in sorted(counts.items())}
 

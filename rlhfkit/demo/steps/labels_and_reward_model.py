@@ -158,7 +158,7 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
     return {
         "accuracy_vs_gold": sum(model_vs_gold) / max(len(held), 1),
         "accuracy_vs_gold_by_separation": _by_separation(ctx.task, held, model_vs_gold),
-        "panel_mean_accuracy_vs_gold": sum(_panel_mean_right(ctx.task, g) for g in held) / max(len(held), 1),
+        "panel_mean_accuracy_vs_gold": sum(panel_mean_prefers_gold(ctx.task, g) for g in held) / max(len(held), 1),
         "panel_accuracy_vs_gold": sum(panel_vs_gold) / max(len(held), 1),
         "panel_accuracy_vs_gold_expected": sum(g["panel_majority_prob_gold"] for g in held) / max(len(held), 1),
         "accuracy_vs_panel": report.get("accuracy"),
@@ -172,19 +172,25 @@ def train_reward_model(ctx: DemoContext, budget: DemoStageConfig, *, resume: boo
     }
 
 
+def separated_by(task, record: dict) -> str:
+    """What gold separates a held-out pair by: "correctness" when its ``correct`` term differs between the
+    two responses (a right against a wrong answer, stance or refusal), else "style" (politeness, length, ...)."""
+    correct = [task.gold_attributes(record["prompt"], record[side])["correct"] for side in ("chosen", "rejected")]
+    return "correctness" if correct[0] != correct[1] else "style"
+
+
 def _by_separation(task, held: list[dict], right: list[bool]) -> dict[str, float]:
-    """Accuracy vs gold on the held-out pairs gold separates by correctness (its ``correct`` term differs:
-    a right against a wrong answer, stance or refusal) and on the rest (style: politeness, length, ...)."""
+    """Accuracy vs gold on the held-out pairs gold separates by correctness and on the rest."""
     groups: dict[str, list[bool]] = {"correctness": [], "style": []}
     for record, ok in zip(held, right):
-        correct = [task.gold_attributes(record["prompt"], record[side])["correct"] for side in ("chosen", "rejected")]
-        groups["correctness" if correct[0] != correct[1] else "style"].append(ok)
+        groups[separated_by(task, record)].append(ok)
     return {name: sum(oks) / len(oks) for name, oks in groups.items() if oks}
 
 
-def _panel_mean_right(task, record: dict) -> bool:
-    """Whether the panel's mean Bradley–Terry probability prefers gold's choice: the pair's answer a reward
-    model would give with unlimited labels of this panel (pairs and rankings drawn from all annotators)."""
+def panel_mean_prefers_gold(task, record: dict) -> bool:
+    """Whether the panel's mean Bradley–Terry probability prefers gold's choice of a held-out pair: the
+    pair's answer a reward model would give with unlimited labels of this panel (pairs and rankings
+    drawn from all annotators)."""
     better, worse = (record["chosen"], record["rejected"]) if record["gold_prefers_chosen"] else (
         record["rejected"], record["chosen"])
     probs = [annotator.prob_prefers(record["prompt"], better, worse) for annotator in task.panel]
