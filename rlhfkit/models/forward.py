@@ -170,7 +170,11 @@ def last_token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         # and some take none (DistilBERT)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, 1)
         return logits[:, 0].float()
-    hidden = hidden_states(backbone, input_ids, attention_mask)  # (B, T, H)
+    return _scores_at_last_token(head, hidden_states(backbone, input_ids, attention_mask), index)
+
+
+def _scores_at_last_token(head, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The score head on each row's hidden state at ``index``: (B, T, H), (B,) -> (B,) float32."""
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # (B, H)
     return head(last)[:, 0].float()
 
@@ -188,7 +192,6 @@ def scores_and_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.T
     if backbone is None:
         raise TypeError(f"{type(model).__name__} has no backbone + score head: no hidden states for an LM loss")
     hidden = hidden_states(backbone, input_ids, attention_mask)  # (B, T, H)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]  # (B, H)
     target = select[:, 1:].bool()  # (B, T-1)
     logits = torch.nn.functional.linear(hidden[:, :-1][target], lm_weight)  # (N, V)
-    return head(last)[:, 0].float(), logits
+    return _scores_at_last_token(head, hidden, last_token_index(attention_mask)), logits

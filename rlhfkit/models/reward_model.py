@@ -73,14 +73,15 @@ def load_reward_model(path: str | Path, *, lora=None, tokenizer=None):
     return model
 
 
-def lm_head_weight(model, init_path: str | Path) -> torch.Tensor:
-    """The output embeddings (V, H) that GRM's regulariser predicts tokens with (Yang et al. 2024 keep
-    the base model's LM head beside the reward head). Tied embeddings (the model's input embeddings,
-    trained with it: under LoRA they stay frozen), else the ``lm_head`` of the causal LM at
-    ``init_path``, frozen: the regulariser keeps the hidden states readable by the head they started
+def frozen_lm_head(model, init_path: str | Path) -> torch.Tensor | None:
+    """The LM head GRM's regulariser predicts tokens with (Yang et al. 2024 keep the base model's LM head
+    beside the reward head), when it is not the model's own: None for tied embeddings (then the head is
+    the model's input embeddings, trained with it, and under LoRA frozen; a trainer reads them inside
+    each step, where a sharded model has them whole); otherwise the (V, H) ``lm_head`` of the causal LM
+    at ``init_path``, frozen: the regulariser keeps the hidden states readable by the head they started
     with, and the saved reward model carries no second head."""
     if getattr(model.config, "tie_word_embeddings", False):
-        return model.get_input_embeddings().weight
+        return None
     weight = _saved_lm_head(Path(init_path))
     if weight is None:
         raise ConfigError(f"lm_loss_coef > 0 needs an LM head: {init_path} has untied embeddings and no lm_head "

@@ -30,7 +30,7 @@ from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_pro
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
 from rlhfkit.models.reward_model import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, load_scorer,
-                                         lm_head_weight, reward_forward, with_distinct_pad, write_temperature)
+                                         frozen_lm_head, reward_forward, with_distinct_pad, write_temperature)
 from rlhfkit.models.forward import scores_and_lm_logits
 from rlhfkit.train import distributed
 from rlhfkit.train.run import (MetricsLogger, enable_gradient_checkpointing, make_accelerator, process_index, set_seed,
@@ -299,11 +299,11 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
     enable_gradient_checkpointing(model, config.gradient_checkpointing)
     total_steps = config.total_steps(len(groups), processes=accelerator.num_processes)
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), config.optim, total_steps=total_steps)
-    # GRM's LM head: tied embeddings are read inside each step (the wrapped model's own, unsharded there);
-    # an untied head is read from the initial folder once, here, so a missing one fails before training
-    frozen_head = None
-    if config.lm_loss_coef > 0 and not getattr(model.config, "tie_word_embeddings", False):
-        frozen_head = lm_head_weight(model, config.model).to(accelerator.device)
+    # GRM's LM head: an untied one is read from the initial folder once, here, so a missing one fails
+    # before training; tied embeddings are read inside each step (the wrapped model's own, whole there)
+    frozen_head = frozen_lm_head(model, config.model) if config.lm_loss_coef > 0 else None
+    if frozen_head is not None:
+        frozen_head = frozen_head.to(accelerator.device)
     model, optimizer = distributed.prepare_model(accelerator, model, optimizer)
     pad_id = tokenizer.pad_token_id
 

@@ -8,7 +8,7 @@ import torch
 
 from rlhfkit.config import ConfigError
 from rlhfkit.data.rankings import expand_ranking
-from rlhfkit.models.reward_model import lm_head_weight, load_reward_model
+from rlhfkit.models.reward_model import frozen_lm_head, load_reward_model
 from rlhfkit.train.reward_model import Group, RewardConfig, _completion_select, group_loss, run_reward
 from rlhfkit.train.sft import OptimConfig
 
@@ -50,7 +50,8 @@ def test_lm_term_is_the_causal_lm_loss_on_the_preferred_completions(tiny_model_d
     g = Group(seqs=[prompt + chosen, prompt + rejected], pairs=[(0, 1, 1.0)], margin=None, prompt="p",
               responses=["c", "r"], prompt_lens=[4, 4])
     pad = tiny_tokenizer.pad_token_id
-    weight = lm_head_weight(model, tiny_model_dir)
+    assert frozen_lm_head(model, tiny_model_dir) is None  # tied: the head is the model's own embeddings
+    weight = model.get_input_embeddings().weight
     with torch.no_grad():
         base, _ = group_loss(model, [g], pad_token_id=pad, center_coef=0.0, device="cpu")
         with_lm, stats = group_loss(model, [g], pad_token_id=pad, center_coef=0.0, device="cpu", lm_coef=0.5,
@@ -75,14 +76,14 @@ def test_untied_head_comes_from_the_initial_folder_and_stays_frozen(tmp_path, ti
                          tie_word_embeddings=False)
     folder = create_tiny_model(tiny_texts, tmp_path / "untied", spec=spec, seed=0)
     model = load_reward_model(folder)
-    weight = lm_head_weight(model, folder)
+    weight = frozen_lm_head(model, folder)
     head = AutoModelForCausalLM.from_pretrained(str(folder)).get_output_embeddings().weight
     assert torch.equal(weight, head) and not weight.requires_grad
     assert not torch.equal(weight, model.get_input_embeddings().weight[: weight.shape[0]])
     # a reward-model folder with untied embeddings carries no LM head: a clear error naming it
     model.save_pretrained(tmp_path / "rm")
     with pytest.raises(ConfigError, match=str(tmp_path / "rm")):
-        lm_head_weight(model, tmp_path / "rm")
+        frozen_lm_head(model, tmp_path / "rm")
     # a run from the untied causal LM trains with the frozen head and logs the term
     rows = [{"prompt": "User: hi\nAssistant:", "chosen": " hello there.", "rejected": " go away."}] * 8
     data = tmp_path / "prefs.jsonl"
