@@ -134,16 +134,32 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys and bad types raise ConfigError."""
     hints = _resolved_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}' (valid: {', '.join(sorted(names))})")
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]):
+            value = deep_merge(_default_mapping(defaults[key]), value)
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         obj = cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{prefix or cls.__name__}: {err}") from None
     return obj
+
+
+def _default_mapping(f: dataclasses.Field) -> dict[str, Any]:
+    """A nested section's default as a mapping: a partial section (``reward.batch_size=16``) changes
+    only the keys it names, and keeps the rest of the parent's default (say, a stage budget built
+    by ``default_factory`` with its own ``max_steps``), not the nested class's own defaults."""
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return {}
+    return to_dict(default) if dataclasses.is_dataclass(default) else {}
 
 
 def to_dict(config: Any) -> dict[str, Any]:

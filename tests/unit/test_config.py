@@ -90,3 +90,38 @@ def test_max_prompt_length_must_leave_room_for_the_completion(max_prompt_length)
     with pytest.raises(ConfigError, match=rf"max_prompt_length \({max_prompt_length}\) must be positive and below max_length \(128\)"):
         config.validate()
     DPOConfig(model="m", data="d.jsonl", max_length=128, max_prompt_length=127).validate()
+
+
+@dataclass
+class Budget:
+    max_steps: int = 300
+    """steps"""
+    learning_rate: float = 3e-3
+    """rate"""
+
+
+@dataclass
+class Owner:
+    reward: Budget = field(default_factory=lambda: Budget(max_steps=1500, learning_rate=1e-3))
+    """a section whose default the owner builds"""
+
+
+def test_a_partial_section_override_keeps_the_owners_default_for_the_other_keys(tmp_path):
+    # regression: `reward.max_steps=500` used to rebuild Budget from its class defaults, so the
+    # owner's learning rate 1e-3 silently became Budget's 3e-3
+    config = load_config(Owner, overrides=["reward.max_steps=500"])
+    assert (config.reward.max_steps, config.reward.learning_rate) == (500, 1e-3)
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  learning_rate: 0.002\n")
+    config = load_config(Owner, path)
+    assert (config.reward.max_steps, config.reward.learning_rate) == (1500, 2e-3)
+    assert load_config(Owner).reward == Budget(max_steps=1500, learning_rate=1e-3)
+
+
+def test_a_stage_option_does_not_reset_the_stages_learning_rate():
+    # the same bug on a real stage: `rlhfkit dpo optim.warmup_ratio=0` trained at OptimConfig's class
+    # default learning rate instead of DPO's 1e-6
+    from rlhfkit.train.direct.preference import PreferenceConfig
+
+    config = load_config(PreferenceConfig, overrides=["model=m", "data=d.jsonl", "optim.warmup_ratio=0"])
+    assert (config.optim.learning_rate, config.optim.warmup_ratio) == (1e-6, 0.0)
