@@ -5,9 +5,6 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
-# no byte-compiling at install: half of torch's install time (16 of 30 s here); the modules a run
-# imports are compiled on first import instead, and cached
-PIP_FLAGS ?= --no-compile
 
 .PHONY: demo test bootstrap bootstrap-test clean
 
@@ -16,12 +13,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.base: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q $(PIP_FLAGS) torch==2.13.0
-	$(BIN)/pip install -q $(PIP_FLAGS) -e .
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(BIN)/pip install -q $(PIP_FLAGS) -e '.[test,app,bench]'
+	$(BIN)/pip install -q -e '.[test,app,bench]'
 	touch $@
 
 bootstrap: $(VENV)/.base

@@ -26,7 +26,8 @@ from rlhfkit.config import require
 from rlhfkit.data.rankings import expand_ranking
 from rlhfkit.data.layouts import LayoutOptions
 from rlhfkit.data.records import DataError, at_record, load_records
-from rlhfkit.data.tokenize import TruncationStats, encode_completion, encode_prompt, fit_lengths, pad_batch
+from rlhfkit.data.tokenize import (TruncationStats, encode_completion, encode_prompt, fit_lengths, length_buckets,
+                                   pad_batch)
 from rlhfkit.losses import bradley_terry_loss, ranking_loss, reward_centering_penalty
 from rlhfkit.models.loading import disable_dropout, load_tokenizer, save_model
 from rlhfkit.models.reward_model import (BIAS_KEY, TEMPERATURE_KEY, RewardScorer, load_reward_model, load_scorer,
@@ -67,6 +68,10 @@ class RewardConfig(SupervisedConfig):
     """Anthropic HH transcripts (Human: … Assistant: … turns) stay raw text, the prompt ending in "Assistant:"; by default they become chat messages when the tokenizer has a chat template"""
     lm_loss_coef: float = 0.0
     """weight of a next-token loss on each record's preferred responses, through the initial model's LM head (GRM, Yang et al. 2024: keeps the hidden states able to generate text while the score head learns); 0 disables"""
+    length_buckets: bool = True
+    """score each step's sequences in a few forward passes of similar lengths instead of one padded to
+    the longest (same loss, fewer padded tokens: the responses of one ranking can differ a lot in
+    length); single-process runs only, several processes keep one pass per step"""
 
     def validate(self) -> None:
         super().validate()
@@ -133,7 +138,8 @@ def encode_groups(tokenizer, records, lines, source: str, config: RewardConfig) 
 
 
 def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: float, device,
-               lm_coef: float = 0.0, lm_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+               lm_coef: float = 0.0, lm_weight: torch.Tensor | None = None,
+               buckets: bool = False) -> tuple[torch.Tensor, dict]:
     """Mean loss over records: margin pairs via Bradley–Terry, the rest (pairs with soft labels and
     rankings) via the per-prompt-averaged ranking loss; plus the optional centring penalty; plus, with
     ``lm_coef`` > 0, ``lm_coef`` × the mean next-token cross-entropy over the completion tokens of
@@ -142,15 +148,27 @@ def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: fl
     for g in groups:
         offsets.append(len(seqs))
         seqs.extend(g.seqs)
-    ids, mask = pad_batch(seqs, pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
+    # one forward pass per run of similar lengths (a ranking's four responses, say, differ a lot):
+    # the same scores and LM tokens as one padded pass, on fewer padded tokens
+    runs = length_buckets([len(s) for s in seqs]) if buckets else [list(range(len(seqs)))]
+    select_all = _completion_select(groups, max(len(s) for s in seqs)) if lm_coef > 0 else None  # (N, T)
+    run_rewards, run_logits, run_targets = [], [], []
+    for run in runs:
+        ids, mask = pad_batch([seqs[i] for i in run], pad_token_id)
+        ids, mask = ids.to(device), mask.to(device)
+        if lm_coef > 0:
+            select = select_all[run, :ids.shape[1]].to(device)  # (n, T_run)
+            rewards, logits = scores_and_lm_logits(model, ids, mask, select, lm_weight)  # (n,), (m, V)
+            run_logits.append(logits)
+            run_targets.append(ids[:, 1:][select[:, 1:]])  # (m,)
+        else:
+            rewards = reward_forward(model, ids, mask)  # (n,)
+        run_rewards.append(rewards)
+    position = torch.tensor([i for run in runs for i in run], device=device)  # run order -> sequence
+    rewards = torch.cat(run_rewards)[torch.argsort(position)]  # (N,) back in the groups' order
     if lm_coef > 0:
-        select = _completion_select(groups, ids.shape[1]).to(device)  # (N, T)
-        rewards, logits = scores_and_lm_logits(model, ids, mask, select, lm_weight)  # (N,), (M, V)
-        targets = ids[:, 1:][select[:, 1:]]  # (M,)
+        logits, targets = torch.cat(run_logits), torch.cat(run_targets)  # (M, V), (M,)
         lm_loss = torch.nn.functional.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
-    else:
-        rewards = reward_forward(model, ids, mask)  # (N,)
     losses, stats = [], {}
     plain = [(k, g) for k, g in enumerate(groups) if g.margin is None]
     with_margin = [(k, g) for k, g in enumerate(groups) if g.margin is not None]
@@ -306,6 +324,9 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
         frozen_head = frozen_head.to(accelerator.device)
     model, optimizer = distributed.prepare_model(accelerator, model, optimizer)
     pad_id = tokenizer.pad_token_id
+    # several forward passes per step only in one process: DDP marks each parameter ready once per
+    # backward, and FSDP / ZeRO-3 gather parameters in lockstep, so every rank must make the same calls
+    buckets = config.length_buckets and accelerator.num_processes == 1
 
     def step_fn(model, indices):
         lm_weight = None
@@ -313,7 +334,7 @@ def _train_member(config: RewardConfig, k: int, out_dir: Path, tokenizer, groups
             lm_weight = frozen_head if frozen_head is not None else model.get_input_embeddings().weight
         return group_loss(model, [groups[i] for i in indices], pad_token_id=pad_id,
                           center_coef=config.center_rewards_coefficient, device=accelerator.device,
-                          lm_coef=config.lm_loss_coef, lm_weight=lm_weight)
+                          lm_coef=config.lm_loss_coef, lm_weight=lm_weight, buckets=buckets)
 
     def eval_fn(model):
         if not eval_groups:

@@ -117,3 +117,53 @@ def test_reward_run_with_the_regulariser_logs_it_and_saves_a_plain_classifier(ti
 def test_lm_loss_coef_must_be_non_negative():
     with pytest.raises(ConfigError, match="lm_loss_coef"):
         RewardConfig(model="m", data="d", lm_loss_coef=-1.0).validate()
+
+
+def test_length_buckets_by_hand():
+    from rlhfkit.data.tokenize import length_buckets
+
+    # two short and two long: one pass pads all four to 50 (200 tokens + 10 per call = 210), two passes
+    # cost 2·10 + 10 + 2·50 + 10 = 140, so cut; at 100 per call one pass (300) beats two (320)
+    assert length_buckets([50, 10, 50, 10], call_cost=10) == [[1, 3], [0, 2]]
+    assert length_buckets([50, 10, 50, 10], call_cost=100) == [[1, 3, 0, 2]]
+    # lengths 1, 2, 3, 100 at 4 per call: {1,2,3} padded to 3 (9) + {100} (100) + 8 = 117 beats every other cut
+    assert length_buckets([100, 3, 2, 1], call_cost=4) == [[3, 2, 1], [0]]
+    assert length_buckets([]) == [] and length_buckets([7]) == [[0]]
+    runs = length_buckets([5, 40, 12, 33, 8, 40, 21, 3], call_cost=8)
+    assert sorted(i for run in runs for i in run) == list(range(8))  # every sequence exactly once
+
+
+def test_bucketed_group_loss_equals_the_single_padded_pass(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    """Scoring a step's sequences in runs of similar length changes padding only: the same loss, LM
+    term and gradients as one pass padded to the longest (pairs and a 4-way ranking of mixed lengths)."""
+    import rlhfkit.train.reward_model as reward_model
+    from rlhfkit.data.tokenize import length_buckets
+
+    made = []
+
+    def cheap_calls(lengths):  # a low price per pass, so that these six sequences take several
+        made.append(length_buckets(lengths, call_cost=4))
+        return made[-1]
+
+    monkeypatch.setattr(reward_model, "length_buckets", cheap_calls)
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_model_dir).eval()
+    weight = model.get_input_embeddings().weight
+    prompt = [3, 40, 41]
+    lengths = [2, 30, 5, 24, 3, 18]
+    seqs = [prompt + [50 + k] * (n - 1) + [2] for k, n in enumerate(lengths)]
+    pair = Group(seqs=seqs[:2], pairs=[(1, 0, 2 / 3)], margin=None, prompt="p", responses=["a", "b"], prompt_lens=[3, 3])
+    ranking = Group(seqs=seqs[2:], pairs=expand_ranking([1, 3, 0, 2], 4), margin=None, prompt="q",
+                    responses=["c", "d", "e", "f"], prompt_lens=[3] * 4)
+    results = {}
+    for buckets in (False, True):
+        model.zero_grad()
+        loss, stats = group_loss(model, [pair, ranking], pad_token_id=tiny_tokenizer.pad_token_id, center_coef=0.01,
+                                 device="cpu", lm_coef=0.5, lm_weight=weight, buckets=buckets)
+        loss.backward()
+        results[buckets] = (float(loss), stats["lm_loss"], [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(made) == 1 and len(made[0]) >= 3  # the bucketed pass really was split
+    assert results[True][0] == pytest.approx(results[False][0], abs=1e-5)
+    assert results[True][1] == pytest.approx(results[False][1], abs=1e-5)
+    for bucketed, single in zip(results[True][2], results[False][2]):
+        torch.testing.assert_close(bucketed, single, atol=1e-5, rtol=1e-4)
