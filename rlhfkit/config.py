@@ -133,14 +133,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys and bad types raise ConfigError."""
     hints = _resolved_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}' (valid: {', '.join(sorted(names))})")
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (valid: {', '.join(sorted(fields))})")
         if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]):
-            value = deep_merge(_default_mapping(defaults[key]), value)
+            value = deep_merge(_default_mapping(fields[key]), value)
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         obj = cls(**kwargs)
