@@ -134,6 +134,42 @@ def causal_lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 # ---------------------------------------------------------------- reward-model-shaped models
 
 
+def segment_attention_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, L) segment ids (0 = a shared prompt, k > 0 = the k-th response packed after it, -1 = pad)
+    -> (B, 1, L, L) bool, True where query t may attend to key s: s <= t, s is real, and s is on the
+    prompt or on t's own segment. A pad attends to itself only, so no row is empty (an all-masked
+    row gives NaN in SDPA, which would reach the gradients)."""
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    query, key = segments[:, :, None], segments[:, None, :]  # (B, L, 1), (B, 1, L)
+    allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segments.device) & (query < 0)
+    return allowed[:, None]
+
+
+def supports_segment_mask(backbone) -> bool:
+    """Whether a backbone takes a custom (B, 1, L, L) attention mask as it is: the SDPA and eager
+    attention of Hugging Face decoders do; flash attention and encoders' own masking do not."""
+    config = getattr(backbone, "config", None)
+    return (getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+            and not getattr(config, "is_encoder_decoder", False)
+            and not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)))
+
+
+def segment_hidden_states(backbone, input_ids: torch.Tensor, positions: torch.Tensor,
+                          segments: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (B, L, H) of packed sequences (see
+    :func:`rlhfkit.data.tokenize.pack_shared_prompt`): the mask of :func:`segment_attention_mask`
+    and the given position ids, so each packed response gets the hidden states it has alone after
+    its prompt."""
+    allowed = segment_attention_mask(segments)
+    if backbone.config._attn_implementation == "eager":  # eager adds the mask to the scores
+        dtype = backbone.get_input_embeddings().weight.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        allowed = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+    return backbone(input_ids=input_ids, attention_mask=allowed, position_ids=positions).last_hidden_state
+
+
 def backbone_and_score(model):
     """(backbone, score head) of a sequence classifier (LoRA-wrapped or not); (None, None) if it has
     no such parts (then the full forward is used)."""
