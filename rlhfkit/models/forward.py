@@ -134,26 +134,41 @@ def causal_lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 # ---------------------------------------------------------------- reward-model-shaped models
 
 
-def segment_attention_mask(segments: torch.Tensor) -> torch.Tensor:
+def segment_attention_mask(segments: torch.Tensor, positions: torch.Tensor | None = None,
+                           window: int | None = None) -> torch.Tensor:
     """(B, L) segment ids (0 = a shared prompt, k > 0 = the k-th response packed after it, -1 = pad)
     -> (B, 1, L, L) bool, True where query t may attend to key s: s <= t, s is real, and s is on the
-    prompt or on t's own segment. A pad attends to itself only, so no row is empty (an all-masked
-    row gives NaN in SDPA, which would reach the gradients)."""
+    prompt or on t's own segment; with a sliding ``window`` (and the (B, L) ``positions``) also
+    position(t) − position(s) < window, as Mistral's mask has it. A pad attends to itself only, so no
+    row is empty (an all-masked row gives NaN in SDPA, which would reach the gradients)."""
     length = segments.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
     query, key = segments[:, :, None], segments[:, None, :]  # (B, L, 1), (B, 1, L)
     allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
+    if window is not None:
+        allowed &= positions[:, :, None] - positions[:, None, :] < window
     allowed |= torch.eye(length, dtype=torch.bool, device=segments.device) & (query < 0)
     return allowed[:, None]
 
 
+def _sliding_window(config) -> tuple[bool, int | None]:
+    """(whether one mask serves every layer, the window every layer has or None)."""
+    window = getattr(config, "sliding_window", None)
+    if not window or not getattr(config, "use_sliding_window", True):
+        return True, None
+    kinds = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+    if kinds == {"sliding_attention"}:
+        return True, int(window)
+    return "sliding_attention" not in kinds, None  # a mix of windowed and full layers needs two masks
+
+
 def supports_segment_mask(backbone) -> bool:
-    """Whether a backbone takes a custom (B, 1, L, L) attention mask as it is: the SDPA and eager
-    attention of Hugging Face decoders do; flash attention and encoders' own masking do not."""
+    """Whether a backbone takes a custom (B, 1, L, L) attention mask as it is and one mask serves all
+    its layers: the SDPA and eager attention of Hugging Face decoders, with no window or the same
+    window on every layer; not flash attention, encoders' own masking, or Gemma-2's alternating layers."""
     config = getattr(backbone, "config", None)
     return (getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
-            and not getattr(config, "is_encoder_decoder", False)
-            and not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)))
+            and not getattr(config, "is_encoder_decoder", False) and _sliding_window(config)[0])
 
 
 def segment_hidden_states(backbone, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -162,7 +177,7 @@ def segment_hidden_states(backbone, input_ids: torch.Tensor, positions: torch.Te
     :func:`rlhfkit.data.tokenize.pack_shared_prompt`): the mask of :func:`segment_attention_mask`
     and the given position ids, so each packed response gets the hidden states it has alone after
     its prompt."""
-    allowed = segment_attention_mask(segments)
+    allowed = segment_attention_mask(segments, positions, _sliding_window(backbone.config)[1])
     if backbone.config._attn_implementation == "eager":  # eager adds the mask to the scores
         dtype = backbone.get_input_embeddings().weight.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)

@@ -52,6 +52,36 @@ def test_segment_attention_mask_by_hand():
     ]
 
 
+def test_segment_attention_mask_with_a_sliding_window_by_hand():
+    # prompt of 2 at positions 0, 1; response 1 of 3 tokens at positions 2, 3, 4; window 3: a token sees
+    # keys less than 3 positions back, so position 4 no longer sees position 1 or 0
+    segments = torch.tensor([[0, 0, 1, 1, 1]])
+    positions = torch.tensor([[0, 1, 2, 3, 4]])
+    allowed = segment_attention_mask(segments, positions, window=3)[0, 0].int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [0, 1, 1, 1, 0],  # position 3 − 0 = 3: out of the window
+        [0, 0, 1, 1, 1],
+    ]
+
+
+def test_one_mask_must_serve_every_layer():
+    from types import SimpleNamespace
+
+    from rlhfkit.models.forward import supports_segment_mask
+
+    def backbone(**config):
+        return SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", **config))
+
+    assert supports_segment_mask(backbone(sliding_window=None))
+    assert supports_segment_mask(backbone(sliding_window=4096, use_sliding_window=False))  # Qwen2's default
+    assert supports_segment_mask(backbone(sliding_window=16))  # Mistral: every layer windowed
+    assert not supports_segment_mask(backbone(sliding_window=16, layer_types=["sliding_attention", "full_attention"]))
+    assert not supports_segment_mask(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))
+
+
 def _groups(prompt_len=3):
     prompt = [3, 40, 41, 42][:prompt_len]
     lengths = [2, 30, 5, 24, 3, 18, 6, 9]
@@ -100,6 +130,6 @@ def test_the_check_catches_a_model_that_ignores_the_mask(tiny_model_dir, tiny_to
     pad = tiny_tokenizer.pad_token_id
     assert shared_prompt_agrees(model, _groups(), pad_token_id=pad)
     assert model.training  # its mode is given back
-    monkeypatch.setattr(forward, "segment_attention_mask", lambda segments: torch.ones(
+    monkeypatch.setattr(forward, "segment_attention_mask", lambda segments, *_: torch.ones(
         segments.shape[0], 1, segments.shape[1], segments.shape[1], dtype=torch.bool).tril())
     assert not shared_prompt_agrees(model, _groups(), pad_token_id=pad)
