@@ -153,7 +153,8 @@ def test_shared_prompt_scores_equal_a_row_per_response(family, model_dir):
     from rlhfkit.data.rankings import expand_ranking
     from rlhfkit.models.forward import backbone_and_score, supports_segment_mask
     from rlhfkit.models.reward_model import load_reward_model
-    from rlhfkit.train.reward_model import Group, shared_prompt_agrees
+    from rlhfkit.train.reward_model import Group
+    from rlhfkit.train.reward_passes import shared_prompt_agrees
 
     tok = load_tokenizer(model_dir)
     model = load_reward_model(model_dir, tokenizer=tok)

@@ -9,7 +9,8 @@ import torch
 from rlhfkit.config import ConfigError
 from rlhfkit.data.rankings import expand_ranking
 from rlhfkit.models.reward_model import frozen_lm_head, load_reward_model
-from rlhfkit.train.reward_model import Group, RewardConfig, _completion_select, group_loss, run_reward
+from rlhfkit.train.reward_model import Group, RewardConfig, group_loss, run_reward
+from rlhfkit.train.reward_passes import completion_select
 from rlhfkit.train.sft import OptimConfig
 
 
@@ -31,7 +32,7 @@ def test_preferred_responses_by_hand():
 def test_completion_select_covers_the_preferred_completions_only():
     g = Group(seqs=[[5, 6, 7, 8], [5, 6, 9]], pairs=[(1, 0, 1.0)], margin=None, prompt="p", responses=["a", "b"],
               prompt_lens=[2, 2])
-    select = _completion_select([g], width=5)
+    select = completion_select([g], width=5)
     # row 0 (rejected) nothing; row 1 (chosen): its completion [9] at position 2 only (3, 4 are pads)
     assert select.tolist() == [[False] * 5, [False, False, True, False, False]]
 
@@ -136,7 +137,7 @@ def test_length_buckets_by_hand():
 def test_bucketed_group_loss_equals_the_single_padded_pass(tiny_model_dir, tiny_tokenizer, monkeypatch):
     """Scoring a step's sequences in runs of similar length changes padding only: the same loss, LM
     term and gradients as one pass padded to the longest (pairs and a 4-way ranking of mixed lengths)."""
-    import rlhfkit.train.reward_model as reward_model
+    import rlhfkit.train.reward_passes as reward_passes
     from rlhfkit.data.tokenize import length_buckets
 
     made = []
@@ -145,7 +146,7 @@ def test_bucketed_group_loss_equals_the_single_padded_pass(tiny_model_dir, tiny_
         made.append(length_buckets(lengths, call_cost=4))
         return made[-1]
 
-    monkeypatch.setattr(reward_model, "length_buckets", cheap_calls)
+    monkeypatch.setattr(reward_passes, "length_buckets", cheap_calls)
     torch.manual_seed(0)
     model = load_reward_model(tiny_model_dir).eval()
     weight = model.get_input_embeddings().weight

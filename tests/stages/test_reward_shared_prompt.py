@@ -8,7 +8,8 @@ from rlhfkit.data.rankings import expand_ranking
 from rlhfkit.data.tokenize import lm_positions, pack_shared_prompt
 from rlhfkit.models.forward import segment_attention_mask
 from rlhfkit.models.reward_model import load_reward_model
-from rlhfkit.train.reward_model import Group, group_loss, shared_prompt_agrees
+from rlhfkit.train.reward_model import Group, group_loss
+from rlhfkit.train.reward_passes import shared_prompt_agrees
 
 
 def test_pack_shared_prompt_by_hand():
