@@ -35,7 +35,7 @@ from rlhfkit.train import distributed
 from rlhfkit.train.run import (MetricsLogger, enable_gradient_checkpointing, make_accelerator, process_index, set_seed,
                                start_run, wait_for_everyone)
 from rlhfkit.train.optim import OptimConfig, optimizer_and_schedule
-from rlhfkit.train.reward_passes import separate_passes, shared_prompt_ok, shared_prompt_passes
+from rlhfkit.train.reward_passes import group_offsets, separate_passes, shared_prompt_ok, shared_prompt_passes
 from rlhfkit.train.supervised import SupervisedConfig, held_out_indices, train_loop
 
 
@@ -152,12 +152,9 @@ def group_loss(model, groups: list[Group], *, pad_token_id: int, center_coef: fl
     ``buckets``: passes of similar lengths (:func:`rlhfkit.data.tokenize.length_buckets`); ``shared_prompt``:
     each record's prompt once, its responses packed after it (:mod:`rlhfkit.train.reward_passes`). Neither changes the
     loss beyond float rounding."""
-    offsets, total = [], 0
-    for g in groups:
-        offsets.append(total)
-        total += len(g.seqs)
+    offsets = group_offsets(groups)
     passes = shared_prompt_passes if shared_prompt else separate_passes
-    rewards, logits, targets = passes(model, groups, offsets, pad_token_id=pad_token_id, device=device,
+    rewards, logits, targets = passes(model, groups, pad_token_id=pad_token_id, device=device,
                                       lm_weight=lm_weight if lm_coef > 0 else None, buckets=buckets)
     if lm_coef > 0:
         lm_loss = torch.nn.functional.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0

@@ -20,8 +20,17 @@ if TYPE_CHECKING:
     from rlhfkit.train.reward_model import Group
 
 
-def separate_passes(model, groups: list[Group], offsets: list[int], *, pad_token_id: int, device,
-                     lm_weight: torch.Tensor | None, buckets: bool):
+def group_offsets(groups: list[Group]) -> list[int]:
+    """Index of each group's first sequence in the step's flat list of sequences."""
+    offsets, total = [], 0
+    for g in groups:
+        offsets.append(total)
+        total += len(g.seqs)
+    return offsets
+
+
+def separate_passes(model, groups: list[Group], *, pad_token_id: int, device, lm_weight: torch.Tensor | None,
+                    buckets: bool):
     """Every sequence on its own row: (rewards (N,) in the groups' order, LM logits (M, V) and their
     target tokens (M,), or None, None without ``lm_weight``)."""
     seqs = [s for g in groups for s in g.seqs]
@@ -48,12 +57,13 @@ def separate_passes(model, groups: list[Group], offsets: list[int], *, pad_token
     return rewards, torch.cat(run_logits), torch.cat(run_targets)
 
 
-def shared_prompt_passes(model, groups: list[Group], offsets: list[int], *, pad_token_id: int, device,
-                          lm_weight: torch.Tensor | None, buckets: bool):
+def shared_prompt_passes(model, groups: list[Group], *, pad_token_id: int, device, lm_weight: torch.Tensor | None,
+                         buckets: bool):
     """Each record's prompt through the model once (:func:`pack_shared_prompt`; records whose
     sequences do not share it fall back to a row per sequence): the same outputs as
     :func:`separate_passes`, the LM tokens in another order (the loss is their mean)."""
     backbone, head = backbone_and_score(model)
+    offsets = group_offsets(groups)
     packs = []  # (pack, global index of each packed response)
     for k, g in enumerate(groups):
         for pack in pack_shared_prompt(g.seqs, g.prompt_lens):
@@ -63,7 +73,7 @@ def shared_prompt_passes(model, groups: list[Group], offsets: list[int], *, pad_
     run_rewards, order, run_logits, run_targets = [], [], [], []
     for run in runs:
         chunk = [packs[i] for i in run]
-        ids, mask = pad_batch([p.ids for p, _ in chunk], pad_token_id)
+        ids, _ = pad_batch([p.ids for p, _ in chunk], pad_token_id)
         positions, _ = pad_batch([p.positions for p, _ in chunk], 0)
         segments, _ = pad_batch([p.segments for p, _ in chunk], -1)
         hidden = segment_hidden_states(backbone, ids.to(device), positions.to(device), segments.to(device))
@@ -95,15 +105,14 @@ def shared_prompt_agrees(model, groups: list[Group], *, pad_token_id: int, atol:
     (fp32, no gradients, dropout off): False for a backbone whose attention drops the custom mask
     or the position ids (and so would score a packed response against its siblings)."""
     device = next(model.parameters()).device
-    offsets = [sum(len(g.seqs) for g in groups[:k]) for k in range(len(groups))]
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            shared = shared_prompt_passes(model, groups, offsets, pad_token_id=pad_token_id, device=device,
-                                           lm_weight=None, buckets=False)[0]
-            separate = separate_passes(model, groups, offsets, pad_token_id=pad_token_id, device=device,
-                                        lm_weight=None, buckets=False)[0]
+            shared = shared_prompt_passes(model, groups, pad_token_id=pad_token_id, device=device, lm_weight=None,
+                                          buckets=False)[0]
+            separate = separate_passes(model, groups, pad_token_id=pad_token_id, device=device, lm_weight=None,
+                                       buckets=False)[0]
     finally:
         model.train(training)
     return bool(torch.allclose(shared, separate, atol=atol, rtol=1e-3))
