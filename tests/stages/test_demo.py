@@ -109,6 +109,30 @@ def test_demo_stages_are_cached(quick_demo, tmp_path):
 
 
 @pytest.mark.slow
+def test_labelling_says_what_it_does_and_is_reproducible(quick_demo, tmp_path, capsys):
+    import shutil
+
+    from rlhfkit.cli import main
+
+    run = shutil.copytree(quick_demo, tmp_path / "run")
+    made = {name: (run / "data" / name).read_text() for name in ("prefs_all.jsonl", "prefs_heldout.jsonl")}
+    for name in made:
+        (run / "data" / name).unlink()
+    shutil.rmtree(run / "reward")
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--output-dir", str(run), "methods=[reward]"]) == 0
+    out = capsys.readouterr().out
+    # the silent minute of sampling and voting now has a line before and one after
+    assert "[labels] sampling 4 SFT responses for each of" in out
+    held = (run / "data" / "prefs_heldout.jsonl").read_text()
+    records = [json.loads(line) for line in (run / "data" / "prefs_all.jsonl").read_text().splitlines()]
+    pairs = sum("chosen" in r for r in records)
+    assert f"[labels] {pairs} voted pairs, {len(records) - pairs} rankings, {len(held.splitlines())} held-out pairs" in out
+    # the same seed gives the same samples and votes
+    assert {name: (run / "data" / name).read_text() for name in made} == made
+
+
+@pytest.mark.slow
 def test_seeds_retrain_the_methods_on_other_training_seeds(quick_demo, tmp_path):
     import shutil
 

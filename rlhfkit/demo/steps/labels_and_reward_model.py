@@ -14,6 +14,7 @@ training (``rlhfkit.train``) and scoring (``rlhfkit.models``).
 from __future__ import annotations
 
 import json
+import time
 
 from rlhfkit.data.records import write_jsonl
 from rlhfkit.demo.context import DemoContext, DemoStageConfig, random_for
@@ -76,6 +77,9 @@ def label_preferences(ctx: DemoContext) -> None:
     task, cfg = ctx.task, ctx.config
     rng = random_for(ctx.seed, "panel")
     prompts = [r["prompt"] for r in task.prompts(cfg.n_pref_prompts, rng_seed=ctx.seed + 5, split="train")]
+    started = time.time()
+    print(f"[labels] sampling {K_RANKING} SFT responses for each of {len(prompts)} prompts and "
+          f"{cfg.n_rm_eval_prompts} held-out ones, then the panel's votes", flush=True)
     samples = _sft_samples(ctx, prompts, K_RANKING, seed=ctx.seed + 11)
     pairs, rankings, skipped = [], [], 0
     for n, (prompt, responses) in enumerate(zip(prompts, samples)):
@@ -118,6 +122,8 @@ def label_preferences(ctx: DemoContext) -> None:
         record["panel_majority_prob_gold"] = majority_prob(task.panel, prompt, better, worse)
         held.append(record)
     write_jsonl(held, data / "prefs_heldout.jsonl")
+    print(f"[labels] {len(pairs)} voted pairs, {len(rankings)} rankings, {len(held)} held-out pairs "
+          f"({time.time() - started:.0f} s)", flush=True)
     (data / "prefs_stats.json").write_text(json.dumps({
         "pairs": len(pairs), "rankings": len(rankings), "skipped_identical_samples": skipped,
         "heldout_pairs": len(held)}, indent=1))
