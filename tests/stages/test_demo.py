@@ -123,7 +123,7 @@ def test_labelling_says_what_it_does_and_is_reproducible(quick_demo, tmp_path, c
     assert main(["demo", "--quick", "--output-dir", str(run), "methods=[reward]"]) == 0
     out = capsys.readouterr().out
     # the silent minute of sampling and voting now has a line before and one after
-    assert "[labels] sampling 4 SFT responses for each of" in out
+    assert "[labels] sampling 2 SFT responses for each of 30 pair prompts, 4 for each of 30 ranking prompts" in out
     held = (run / "data" / "prefs_heldout.jsonl").read_text()
     records = [json.loads(line) for line in (run / "data" / "prefs_all.jsonl").read_text().splitlines()]
     pairs = sum("chosen" in r for r in records)

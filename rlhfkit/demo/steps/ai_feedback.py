@@ -4,7 +4,7 @@
    responses and a criterion in, " a" or " b" out, as gold says) into ``<run>/judge/``. From then on
    it is used only through :class:`LocalLMJudge`: the logits of " a" and " b", both orders averaged.
 2. **RLAIF** (``rlaif``): the judge labels the very pairs of SFT samples the human panel labelled
-   (``data/prefs_rlaif.jsonl``, soft labels = the judge's probability); DPO with the demo's DPO
+   (``RLAIF_PAIRS`` of them, drawn with the seed; ``data/prefs_rlaif.jsonl``, soft labels = the judge's probability); DPO with the demo's DPO
    recipe trains on them from the SFT model. The entry adds ``judge_agreement_with_gold``,
    ``judge_position_bias`` (see ``Verdict.position_bias``) and, for comparison, how often the
    panel's label (a three-vote majority, or one annotator's best-vs-worst of a ranking) agreed with
@@ -42,6 +42,9 @@ NAMES = ("rlaif", "cai")
 # CAI helper at 300 steps gained less gold from its revisions (+0.35 against +0.54, fp32) and CAI fell to 0.590
 JUDGE_RECORDS, JUDGE_STEPS = 10000, 600
 CAI_RECORDS, CAI_HELPER_STEPS = 4000, 500
+RLAIF_PAIRS = 3000
+"""panel pairs the judge labels for RLAIF (a seeded subset): DPO's 60 steps of 32 read fewer than
+2,000 of them, so judging all 12,000 would only cost time"""
 N_REVISIONS = 2
 CAI_PROMPTS = 1500
 """RL prompts that go through critique and revision (SL-CAI data), and whose SL-CAI samples the judge compares"""
@@ -49,7 +52,8 @@ SL_CAI_STEPS = 120
 CAI_TEMPERATURE = 1.0
 """sampling temperature of answers, critiques and revisions: the policy's own (a lower one would raise
 gold by sharpening alone, and the gain would not be the revisions')"""
-QUICK = {"judge_records": 600, "judge_steps": 20, "cai_records": 200, "cai_helper_steps": 10, "cai_prompts": 16,
+QUICK = {"rlaif_pairs": RLAIF_PAIRS, "judge_records": 600, "judge_steps": 20, "cai_records": 200,
+         "cai_helper_steps": 10, "cai_prompts": 16,
          "sl_cai_steps": 4}
 
 
@@ -94,7 +98,11 @@ def run_rlaif(ctx, judge) -> dict:
     from rlhfkit.data.records import load_records
     from rlhfkit.feedback.judging import judge_candidates, label_stats, read_journal
 
+    import random
+
     panel = load_records(ctx.prefs, "pairwise").records
+    if len(panel) > (cap := _budget(ctx, "rlaif_pairs", RLAIF_PAIRS)):
+        panel = random.Random(ctx.seed + 22).sample(panel, cap)
     items = [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]} for r in panel]
     prefs = ctx.out / "data" / "prefs_rlaif.jsonl"
     judge_candidates(judge, items, prefs, pairs="first", seed=ctx.seed)

@@ -21,6 +21,7 @@ from rlhfkit.demo.context import DemoContext, DemoStageConfig, random_for
 
 VOTERS = 3
 K_RANKING = 4
+PAIR_SAMPLES = 2
 
 
 def _sft_samples(ctx: DemoContext, prompts: list[str], k: int, seed: int) -> list[list[str]]:
@@ -78,12 +79,18 @@ def label_preferences(ctx: DemoContext) -> None:
     rng = random_for(ctx.seed, "panel")
     prompts = [r["prompt"] for r in task.prompts(cfg.n_pref_prompts, rng_seed=ctx.seed + 5, split="train")]
     started = time.time()
-    print(f"[labels] sampling {K_RANKING} SFT responses for each of {len(prompts)} prompts and "
+    # even prompts become voted pairs, odd ones rankings: a pair needs only two samples (half the
+    # sampling of drawing K for every prompt and voting on two of them)
+    pair_prompts, ranking_prompts = prompts[0::2], prompts[1::2]
+    print(f"[labels] sampling {PAIR_SAMPLES} SFT responses for each of {len(pair_prompts)} pair prompts, "
+          f"{K_RANKING} for each of {len(ranking_prompts)} ranking prompts and {PAIR_SAMPLES} for each of "
           f"{cfg.n_rm_eval_prompts} held-out ones, then the panel's votes", flush=True)
-    samples = _sft_samples(ctx, prompts, K_RANKING, seed=ctx.seed + 11)
+    samples = {n: s for n, s in zip(range(0, len(prompts), 2),
+                                    _sft_samples(ctx, pair_prompts, PAIR_SAMPLES, seed=ctx.seed + 12))}
+    samples.update(zip(range(1, len(prompts), 2), _sft_samples(ctx, ranking_prompts, K_RANKING, seed=ctx.seed + 11)))
     pairs, rankings, skipped = [], [], 0
-    for n, (prompt, responses) in enumerate(zip(prompts, samples)):
-        distinct = list(dict.fromkeys(r for r in responses if r.strip()))
+    for n, prompt in enumerate(prompts):
+        distinct = list(dict.fromkeys(r for r in samples[n] if r.strip()))
         if n % 2 == 0:
             pair = _distinct_pair(distinct)
             if pair is None:
@@ -106,7 +113,7 @@ def label_preferences(ctx: DemoContext) -> None:
 
     # held-out pairs on eval prompts: gold and the panel both judge them
     eval_prompts = [r["prompt"] for r in task.prompts(cfg.n_rm_eval_prompts, rng_seed=ctx.seed + 6, split="eval")]
-    held_samples = _sft_samples(ctx, eval_prompts, 2, seed=ctx.seed + 13)
+    held_samples = _sft_samples(ctx, eval_prompts, PAIR_SAMPLES, seed=ctx.seed + 13)
     held = []
     for prompt, responses in zip(eval_prompts, held_samples):
         pair = _distinct_pair(responses)

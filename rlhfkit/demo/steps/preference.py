@@ -31,8 +31,9 @@ class Recipe:
     params: dict = field(default_factory=dict)
 
 
-# Tuned on the built-in task (runs/demo, seed 0, bf16): a larger β than the usual 0.1 and about 1.7
-# epochs; longer or hotter runs over-optimise (length and KL up, gold down, chosen log-probs falling).
+# Tuned on the built-in task (runs/demo, seed 0, bf16): a larger β than the usual 0.1 and 60 steps
+# of 32 pairs (under 2,000 of the panel's pairs, a fraction of an epoch); longer or hotter runs
+# over-optimise (length and KL up, gold down, chosen log-probs falling).
 RECIPES: dict[str, Recipe] = {
     "dpo": Recipe("DPOConfig", "run_dpo", 2e-4, 60, {"loss_type": "sigmoid", "beta": 0.3}),
     "ipo": Recipe("DPOConfig", "run_dpo", 2e-4, 60, {"loss_type": "ipo", "beta": 1.0}),
