@@ -44,6 +44,11 @@ def test_ai_feedback_entries(quick_demo):
         assert (quick_demo / stage / "final" / "config.json").exists(), stage
     prefs = [json.loads(line) for line in (quick_demo / "data" / "prefs_rlaif.jsonl").read_text().splitlines()]
     assert prefs and all(0.5 <= r["label_prob"] <= 1.0 and r["judge"] for r in prefs)
+    # the judge labels a seeded subset of the panel's pairs (the quick demo's cap: 40 of about 60)
+    panel = [json.loads(line) for line in (quick_demo / "data" / "prefs_pairs.jsonl").read_text().splitlines()]
+    assert len(panel) > 40 and len(prefs) == rlaif["judge_labels"] == 40
+    shown = {(r["prompt"], *sorted((r["chosen"], r["rejected"]))) for r in panel}
+    assert {(r["prompt"], *sorted((r["chosen"], r["rejected"]))) for r in prefs} <= shown
 
 
 @pytest.mark.slow
