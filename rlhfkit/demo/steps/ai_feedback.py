@@ -4,8 +4,8 @@
    responses and a criterion in, " a" or " b" out, as gold says) into ``<run>/judge/``. From then on
    it is used only through :class:`LocalLMJudge`: the logits of " a" and " b", both orders averaged.
 2. **RLAIF** (``rlaif``): the judge labels the very pairs of SFT samples the human panel labelled
-   (``RLAIF_PAIRS`` of them, drawn with the seed; ``data/prefs_rlaif.jsonl``, soft labels = the judge's probability); DPO with the demo's DPO
-   recipe trains on them from the SFT model. The entry adds ``judge_agreement_with_gold``,
+   (``RLAIF_PAIRS`` of them, drawn with the seed; ``data/prefs_rlaif.jsonl``, soft labels = the
+   judge's probability); DPO with the demo's DPO recipe trains on them from the SFT model. The entry adds ``judge_agreement_with_gold``,
    ``judge_position_bias`` (see ``Verdict.position_bias``) and, for comparison, how often the
    panel's label (a three-vote majority, or one annotator's best-vs-worst of a ranking) agreed with
    gold on the same pairs.

@@ -46,8 +46,8 @@ _PPO = {**_SHARED, "kl_coef": 0.2, "vf_coef": 0.1, "value_model": "reward", "val
 # 0.712 +- 0.010 (fp32) / 0.705 +- 0.033 (bf16) against 0.685 / 0.680 at 0.5. On twice the labels
 # (reward model 0.83 / 0.84) the reward's spread on SFT samples shrank (std 1.84 -> 1.45 fp32, 1.93 ->
 # 1.65 bf16), which makes the same coefficient a stronger penalty: 0.3 gave 0.711 +- 0.008 / 0.675 +-
-# 0.014, 0.2 gives 0.711 +- 0.022 / 0.732 +- 0.010 (the README's seeds section). GRPO's KL is a per-token mean in the loss
-# (k3), hence its own coefficient; RLOO's is the per-sequence sum in the reward, as PPO's. GRPO
+# 0.014, 0.2 gives 0.711 +- 0.022 / 0.732 +- 0.010 (the README's seeds section). GRPO's KL is a
+# per-token mean in the loss (k3), hence its own coefficient; RLOO's is the per-sequence sum in the reward, as PPO's. GRPO
 # centres rewards within each group without dividing by the group's std: with this noisy reward
 # model, dividing by the std of near-tied groups amplified reward-model noise (win rate 0.57 with the
 # std, 0.60 without, at lr 1e-4, kl_coef 0.3); with token sums over a constant instead of per-response
