@@ -4,11 +4,11 @@
    responses and a criterion in, " a" or " b" out, as gold says) into ``<run>/judge/``. From then on
    it is used only through :class:`LocalLMJudge`: the logits of " a" and " b", both orders averaged.
 2. **RLAIF** (``rlaif``): the judge labels the very pairs of SFT samples the human panel labelled
-   (``RLAIF_PAIRS`` of them, drawn with the seed; ``data/prefs_rlaif.jsonl``, soft labels = the
-   judge's probability); DPO with the demo's DPO recipe trains on them from the SFT model. The entry adds ``judge_agreement_with_gold``,
-   ``judge_position_bias`` (see ``Verdict.position_bias``) and, for comparison, how often the
-   panel's label (a three-vote majority, or one annotator's best-vs-worst of a ranking) agreed with
-   gold on the same pairs.
+   (``RLAIF_PAIRS`` of them, drawn with the seed; ``data/prefs_rlaif.jsonl``, soft labels = the judge's
+   probability); DPO with the demo's DPO recipe trains on them from the SFT model. The entry adds
+   ``judge_agreement_with_gold``, ``judge_position_bias`` (see ``Verdict.position_bias``) and, for
+   comparison, how often the panel's label (a three-vote majority, or one annotator's best-vs-worst of
+   a ranking) agreed with gold on the same pairs.
 3. **Constitutional AI** (``cai``): a copy of the SFT model is taught the critique and revision turns
    (``facts_ai.cai_records``, mixed with the SFT demonstrations so that it still answers as the SFT
    model does) into ``<run>/cai_helper/``. Through ``rlhfkit constitution``'s code it answers the RL
@@ -29,6 +29,7 @@ helper's training data (``rlhfkit.tasks.facts_ai``).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from rlhfkit.demo.context import DemoStageConfig, stage_done, train_stage
@@ -97,8 +98,6 @@ def gold_agreement(task, records: list[dict]) -> float | None:
 def run_rlaif(ctx, judge) -> dict:
     from rlhfkit.data.records import load_records
     from rlhfkit.feedback.judging import judge_candidates, label_stats, read_journal
-
-    import random
 
     panel = load_records(ctx.prefs, "pairwise").records
     if len(panel) > (cap := _budget(ctx, "rlaif_pairs", RLAIF_PAIRS)):

@@ -85,12 +85,12 @@ def label_preferences(ctx: DemoContext) -> None:
     print(f"[labels] sampling {PAIR_SAMPLES} SFT responses for each of {len(pair_prompts)} pair prompts, "
           f"{K_RANKING} for each of {len(ranking_prompts)} ranking prompts and {PAIR_SAMPLES} for each of "
           f"{cfg.n_rm_eval_prompts} held-out ones, then the panel's votes", flush=True)
-    samples = {n: s for n, s in zip(range(0, len(prompts), 2),
-                                    _sft_samples(ctx, pair_prompts, PAIR_SAMPLES, seed=ctx.seed + 12))}
-    samples.update(zip(range(1, len(prompts), 2), _sft_samples(ctx, ranking_prompts, K_RANKING, seed=ctx.seed + 11)))
+    pair_samples = iter(_sft_samples(ctx, pair_prompts, PAIR_SAMPLES, seed=ctx.seed + 12))
+    ranking_samples = iter(_sft_samples(ctx, ranking_prompts, K_RANKING, seed=ctx.seed + 11))
     pairs, rankings, skipped = [], [], 0
     for n, prompt in enumerate(prompts):
-        distinct = list(dict.fromkeys(r for r in samples[n] if r.strip()))
+        responses = next(pair_samples if n % 2 == 0 else ranking_samples)
+        distinct = list(dict.fromkeys(r for r in responses if r.strip()))
         if n % 2 == 0:
             pair = _distinct_pair(distinct)
             if pair is None:

@@ -37,21 +37,21 @@ _PPO = {**_SHARED, "kl_coef": 0.2, "vf_coef": 0.1, "value_model": "reward", "val
         "batch_size": 128, "num_minibatches": 4}
 
 # Tuned on the built-in task (runs/demo, seed 0, reward model at 0.63 accuracy vs gold). PPO: kl_coef
-# 0.03 / 0.1 / 0.3 / 0.5 / 0.7 / 1.0 gave win rates vs SFT 0.43 / 0.52 / 0.60 / 0.66 / 0.60 / 0.58
-# (0.5 with seed 1: 0.60); best-of-8 SFT samples picked by the same reward model reach only 0.58,
-# so the reward model, not the optimiser, is the ceiling. With the stronger reward model (0.78 vs gold,
-# 3,000 labelled prompts) batch 128 in 4 minibatches gave 0.718 (batch 64: 0.687; lr 2e-4 for 60
-# steps: 0.693; kl_coef 0.3: 0.697). With the reward model trained with GRM's regulariser (0.76 fp32 /
-# 0.79 bf16 vs gold) the penalty of 0.5 held PPO back: over training seeds 0-2, kl_coef 0.3 gave
-# 0.712 +- 0.010 (fp32) / 0.705 +- 0.033 (bf16) against 0.685 / 0.680 at 0.5. On twice the labels
-# (reward model 0.83 / 0.84) the reward's spread on SFT samples shrank (std 1.84 -> 1.45 fp32, 1.93 ->
-# 1.65 bf16), which makes the same coefficient a stronger penalty: 0.3 gave 0.711 +- 0.008 / 0.675 +-
-# 0.014, 0.2 gives 0.711 +- 0.022 / 0.732 +- 0.010 (the README's seeds section). GRPO's KL is a
-# per-token mean in the loss (k3), hence its own coefficient; RLOO's is the per-sequence sum in the reward, as PPO's. GRPO
-# centres rewards within each group without dividing by the group's std: with this noisy reward
-# model, dividing by the std of near-tied groups amplified reward-model noise (win rate 0.57 with the
-# std, 0.60 without, at lr 1e-4, kl_coef 0.3); with token sums over a constant instead of per-response
-# means (loss_aggregation=seq_sum_norm) it is Dr. GRPO (Liu et al. 2025), both of its changes.
+# 0.03 / 0.1 / 0.3 / 0.5 / 0.7 / 1.0 gave win rates vs SFT 0.43 / 0.52 / 0.60 / 0.66 / 0.60 / 0.58 (0.5
+# with seed 1: 0.60); best-of-8 SFT samples picked by the same reward model reach only 0.58, so the
+# reward model, not the optimiser, is the ceiling. With the stronger reward model (0.78 vs gold, 3,000
+# labelled prompts) batch 128 in 4 minibatches gave 0.718 (batch 64: 0.687; lr 2e-4 for 60 steps: 0.693;
+# kl_coef 0.3: 0.697). With the reward model trained with GRM's regulariser (0.76 fp32 / 0.79 bf16 vs
+# gold) the penalty of 0.5 held PPO back: over training seeds 0-2, kl_coef 0.3 gave 0.712 +- 0.010
+# (fp32) / 0.705 +- 0.033 (bf16) against 0.685 / 0.680 at 0.5. On twice the labels (reward model 0.83 /
+# 0.84) the reward's spread on SFT samples shrank (std 1.84 -> 1.45 fp32, 1.93 -> 1.65 bf16), which
+# makes the same coefficient a stronger penalty: 0.3 gave 0.711 +- 0.008 / 0.675 +- 0.014, 0.2 gives
+# 0.711 +- 0.022 / 0.732 +- 0.010 (the README's seeds section). GRPO's KL is a per-token mean in the
+# loss (k3), hence its own coefficient; RLOO's is the per-sequence sum in the reward, as PPO's. GRPO
+# centres rewards within each group without dividing by the group's std: with this noisy reward model,
+# dividing by the std of near-tied groups amplified reward-model noise (win rate 0.57 with the std, 0.60
+# without, at lr 1e-4, kl_coef 0.3); with token sums over a constant instead of per-response means
+# (loss_aggregation=seq_sum_norm) it is Dr. GRPO (Liu et al. 2025), both of its changes.
 RECIPES: dict[str, Recipe] = {
     "ppo": Recipe("PPOConfig", "run_ppo", "rlhfkit.train.rl.ppo", _PPO),
     # 40 steps like PPO (was 60): gold already falls from step ~10 (KL > 10) and is below SFT's by step 30
