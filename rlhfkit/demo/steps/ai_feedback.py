@@ -54,8 +54,7 @@ CAI_TEMPERATURE = 1.0
 """sampling temperature of answers, critiques and revisions: the policy's own (a lower one would raise
 gold by sharpening alone, and the gain would not be the revisions')"""
 QUICK = {"rlaif_pairs": 40, "judge_records": 600, "judge_steps": 20, "cai_records": 200,
-         "cai_helper_steps": 10, "cai_prompts": 16,
-         "sl_cai_steps": 4}
+         "cai_helper_steps": 10, "cai_prompts": 16, "sl_cai_steps": 4}
 
 
 def _budget(ctx, key: str, full: int) -> int:
